@@ -1,0 +1,87 @@
+"""The Elman (vanilla) RNN cell."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src.cells import common
+
+
+class ElmanParams(NamedTuple):
+  """Elman cell weights. PyTorch `nn.RNN`: `weight_ih_l0 = w_i.T`, `weight_hh_l0 = w_h.T`,
+  `bias_ih_l0 = b_i`, `bias_hh_l0 = b_h`."""
+
+  w_i: jax.Array  # [I, H]
+  w_h: jax.Array  # [H, H]
+  b_i: jax.Array | None  # [H]
+  b_h: jax.Array | None  # [H]
+
+
+_NONLINEARITIES = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True,
+          kernel_init: Any = None, recurrent_init: Any = None,
+          dtype: Any = jnp.float32) -> cell_lib.Cell:
+  r"""The Elman RNN cell (PyTorch's `nn.RNN`, Flax's `SimpleCell`).
+
+  Equations, with `φ` = tanh or relu::
+
+    h' = φ(x @ w_i + b_i + h @ w_h + b_h)
+    y  = h'
+
+  Defaults: `w_i` LeCun normal (variance `1/I`), `w_h` orthogonal, biases zero.
+
+  Args:
+    hidden_size: `H`, the size of the state and of the output.
+    nonlinearity: `"tanh"` or `"relu"`.
+    use_bias: if False there are no biases (`b_i = b_h = None`, PyTorch's `bias=False`).
+    kernel_init: initializer for `w_i: [I, H]` (a `jax.nn.initializers` function).
+    recurrent_init: initializer for `w_h: [H, H]`.
+    dtype: dtype of the params and of the initial carry.
+
+  Returns:
+    A `Cell` whose params are `ElmanParams` and whose carry is `HiddenState(h=[..., H])`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.elman(4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry = cell.initial_carry(params, batch_shape=(2,))
+    >>> carry, y = cell.apply(params, carry, jnp.ones((2, 3)))
+    >>> y.shape
+    (2, 4)
+  """
+  fn = "rnnjax.elman"
+  hidden_size = common.factory_sizes(fn, hidden_size)
+  checks.choice(fn, "nonlinearity", nonlinearity, tuple(_NONLINEARITIES))
+  dtype = common.check_dtype(fn, dtype)
+  act = _NONLINEARITIES[nonlinearity]
+  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+
+  def init(key: jax.Array, input_size: int) -> ElmanParams:
+    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    k_i, k_h = jax.random.split(key)
+    b_i, b_h = cell_lib.gated_biases(1, hidden_size, dtype, use_bias=use_bias)
+    return ElmanParams(
+        w_i=k_init(k_i, (input_size, hidden_size), dtype),
+        w_h=r_init(k_h, (hidden_size, hidden_size), dtype),
+        b_i=b_i, b_h=b_h)
+
+  def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    return common.hidden_initial_carry(params.w_h, batch_shape)
+
+  def apply(params: ElmanParams, carry: common.HiddenState, x: jax.Array, *,
+            key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
+    del key
+    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    h = act(cell_lib.affine(x, params.w_i, params.b_i)
+            + cell_lib.affine(carry.h, params.w_h, params.b_h))
+    return common.HiddenState(h=h), h
+
+  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])

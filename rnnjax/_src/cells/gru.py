@@ -1,0 +1,107 @@
+"""The gated recurrent unit, in PyTorch's "reset after" form or Cho et al.'s original."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src.cells import common
+
+
+class GRUParams(NamedTuple):
+  """GRU weights, gates fused in PyTorch's order `(r, z, n)` along the last axis.
+
+  PyTorch `nn.GRU`: `weight_ih_l0 = w_i.T`, `weight_hh_l0 = w_h.T`,
+  `bias_ih_l0 = b_i`, `bias_hh_l0 = b_h`.
+  """
+
+  w_i: jax.Array  # [I, 3H]
+  w_h: jax.Array  # [H, 3H]
+  b_i: jax.Array | None  # [3H]
+  b_h: jax.Array | None  # [3H]
+
+
+def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
+        kernel_init: Any = None, recurrent_init: Any = None,
+        dtype: Any = jnp.float32) -> cell_lib.Cell:
+  r"""The gated recurrent unit (Cho et al. 2014; PyTorch's `nn.GRU`, Flax's `GRUCell`).
+
+  With `reset_after=True` (the default; PyTorch, cuDNN and Flax)::
+
+    r = σ(x @ w_ir + b_ir + h @ w_hr + b_hr)
+    z = σ(x @ w_iz + b_iz + h @ w_hz + b_hz)
+    n = tanh(x @ w_in + b_in + r ⊙ (h @ w_hn + b_hn))
+    h' = (1 - z) ⊙ n + z ⊙ h
+    y  = h'
+
+  With `reset_after=False` (the original "reset before" form) the candidate is
+  `n = tanh(x @ w_in + b_in + (r ⊙ h) @ w_hn + b_hn)`. Here `w_ir` is the first
+  `H` columns of `w_i`, and so on, in the order `(r, z, n)`.
+
+  Defaults: `w_i` LeCun normal per gate, `w_h` orthogonal per gate, biases zero.
+
+  Args:
+    hidden_size: `H`, the size of the state and of the output.
+    reset_after: apply the reset gate after the recurrent matrix product (True)
+      or before it (False).
+    use_bias: if False there are no biases (PyTorch's `bias=False`).
+    kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
+    recurrent_init: initializer for each gate's `[H, H]` block of `w_h`.
+    dtype: dtype of the params and of the initial carry.
+
+  Returns:
+    A `Cell` with `GRUParams` and carry `HiddenState(h=[..., H])`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.gru(4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry, y = cell.apply(params, cell.initial_carry(params), jnp.ones(3))
+    >>> y.shape
+    (4,)
+  """
+  fn = "rnnjax.gru"
+  hidden_size = common.factory_sizes(fn, hidden_size)
+  dtype = common.check_dtype(fn, dtype)
+  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+
+  def init(key: jax.Array, input_size: int) -> GRUParams:
+    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    k_i, k_h = jax.random.split(key)
+    b_i, b_h = cell_lib.gated_biases(3, hidden_size, dtype, use_bias=use_bias)
+    return GRUParams(
+        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 3, dtype),
+        w_h=cell_lib.gate_blocks(r_init, k_h, hidden_size, hidden_size, 3, dtype),
+        b_i=b_i, b_h=b_h)
+
+  def initial_carry(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    return common.hidden_initial_carry(params.w_h, batch_shape)
+
+  def apply(params: GRUParams, carry: common.HiddenState, x: jax.Array, *,
+            key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
+    del key
+    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    h = carry.h
+    size = params.w_h.shape[0]
+    xi_r, xi_z, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 3, axis=-1)
+    b_h = params.b_h
+    if reset_after:
+      hh_r, hh_z, hh_n = jnp.split(cell_lib.affine(h, params.w_h, b_h), 3, axis=-1)
+      r = jax.nn.sigmoid(xi_r + hh_r)
+      z = jax.nn.sigmoid(xi_z + hh_z)
+      n = jnp.tanh(xi_n + r * hh_n)
+    else:
+      b_rz = None if b_h is None else b_h[:2 * size]
+      hh_r, hh_z = jnp.split(cell_lib.affine(h, params.w_h[:, :2 * size], b_rz), 2, axis=-1)
+      r = jax.nn.sigmoid(xi_r + hh_r)
+      z = jax.nn.sigmoid(xi_z + hh_z)
+      b_n = None if b_h is None else b_h[2 * size:]
+      n = jnp.tanh(xi_n + cell_lib.affine(r * h, params.w_h[:, 2 * size:], b_n))
+    h = (1.0 - z) * n + z * h
+    return common.HiddenState(h=h), h
+
+  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])

@@ -1,0 +1,118 @@
+"""The LSTM cell, with PyTorch's optional output projection."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src.cells import common
+
+
+class LSTMParams(NamedTuple):
+  """LSTM weights, gates fused in PyTorch's order `(i, f, g, o)` along the last axis.
+
+  PyTorch `nn.LSTM`: `weight_ih_l0 = w_i.T`, `weight_hh_l0 = w_h.T`,
+  `bias_ih_l0 = b_i`, `bias_hh_l0 = b_h`, `weight_hr_l0 = w_proj.T`.
+  `P` is `proj_size`, or `H` without a projection.
+  """
+
+  w_i: jax.Array  # [I, 4H]
+  w_h: jax.Array  # [P, 4H]
+  b_i: jax.Array | None  # [4H]
+  b_h: jax.Array | None  # [4H]
+  w_proj: jax.Array | None  # [H, P], None without a projection
+
+
+class LSTMState(NamedTuple):
+  """The LSTM carry: the output state first, then the memory cell."""
+
+  h: jax.Array  # [..., P]
+  c: jax.Array  # [..., H]
+
+
+def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = True,
+         forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
+         dtype: Any = jnp.float32) -> cell_lib.Cell:
+  r"""The long short-term memory cell (Hochreiter & Schmidhuber 1997; PyTorch's `nn.LSTM`).
+
+  Equations (`σ` the logistic sigmoid, `⊙` elementwise)::
+
+    i, f, g, o = split(x @ w_i + b_i + h @ w_h + b_h, 4)
+    c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g)
+    h' = σ(o) ⊙ tanh(c')              # then h' = h' @ w_proj with a projection
+    y  = h'
+
+  Defaults: `w_i` LeCun normal (variance `1/I`) per gate, `w_h` orthogonal per
+  gate, biases zero except the forget gate's slice of `b_i`, which starts at
+  `forget_bias` = 1.0 (Jozefowicz et al. 2015); `w_proj` LeCun normal.
+
+  Args:
+    hidden_size: `H`, the size of the memory cell `c`.
+    proj_size: `P`; if given, `h` and `y` are projected to `P` features (PyTorch's
+      `proj_size`). Must be smaller than `hidden_size`, as in PyTorch.
+    use_bias: if False there are no biases (PyTorch's `bias=False`).
+    forget_bias: initial value of the forget gate's input bias.
+    kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
+    recurrent_init: initializer for each gate's `[P, H]` block of `w_h`.
+    dtype: dtype of the params and of the initial carry.
+
+  Returns:
+    A `Cell` with `LSTMParams` and carry `LSTMState(h=[..., P], c=[..., H])`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.lstm(8, proj_size=4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry = cell.initial_carry(params, batch_shape=(2,))
+    >>> carry, y = cell.apply(params, carry, jnp.ones((2, 3)))
+    >>> y.shape, carry.c.shape
+    ((2, 4), (2, 8))
+  """
+  fn = "rnnjax.lstm"
+  hidden_size = common.factory_sizes(fn, hidden_size)
+  if proj_size is not None:
+    proj_size = checks.positive_int(fn, "proj_size", proj_size)
+    if proj_size >= hidden_size:
+      raise ValueError(
+          f"{fn}: `proj_size` must be smaller than `hidden_size` (as in PyTorch), got "
+          f"proj_size={proj_size}, hidden_size={hidden_size}.")
+  dtype = common.check_dtype(fn, dtype)
+  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+  out_size = proj_size or hidden_size
+
+  def init(key: jax.Array, input_size: int) -> LSTMParams:
+    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    k_i, k_h, k_p = jax.random.split(key, 3)
+    b_i, b_h = cell_lib.gated_biases(4, hidden_size, dtype, use_bias=use_bias,
+                                     fill={1: forget_bias})
+    w_proj = None
+    if proj_size is not None:
+      w_proj = cell_lib.default_kernel_init()(k_p, (hidden_size, proj_size), dtype)
+    return LSTMParams(
+        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 4, dtype),
+        w_h=cell_lib.gate_blocks(r_init, k_h, out_size, hidden_size, 4, dtype),
+        b_i=b_i, b_h=b_h, w_proj=w_proj)
+
+  def initial_carry(params: LSTMParams, batch_shape: tuple[int, ...] = ()) -> LSTMState:
+    h_size, four_h = params.w_h.shape
+    return LSTMState(h=cell_lib.zeros(tuple(batch_shape), h_size, params.w_h.dtype),
+                     c=cell_lib.zeros(tuple(batch_shape), four_h // 4, params.w_h.dtype))
+
+  def apply(params: LSTMParams, carry: LSTMState, x: jax.Array, *,
+            key: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
+    del key
+    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    z = cell_lib.affine(x, params.w_i, params.b_i) + cell_lib.affine(carry.h, params.w_h,
+                                                                     params.b_h)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    if params.w_proj is not None:
+      h = h @ params.w_proj
+    return LSTMState(h=h, c=c), h
+
+  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])

@@ -1,0 +1,102 @@
+"""The minimal gated unit: a GRU whose single gate acts as both update and reset gate."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src.cells import common
+
+
+class MGUParams(NamedTuple):
+  """MGU weights, fused in the order `(f, n)` along the last axis."""
+
+  w_i: jax.Array  # [I, 2H]
+  w_h: jax.Array  # [H, 2H]
+  b_i: jax.Array | None  # [2H]
+  b_h: jax.Array | None  # [2H]
+
+
+def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
+        forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
+        dtype: Any = jnp.float32) -> cell_lib.Cell:
+  r"""The minimal gated unit (Zhou et al. 2016, arXiv:1603.09420; Flax's `MGUCell`).
+
+  One gate `f` plays the parts of GRU's update and reset gates. With
+  `reset_after=True` (the default; Flax's form)::
+
+    f = σ(x @ w_if + b_if + h @ w_hf + b_hf)
+    n = tanh(x @ w_in + b_in + f ⊙ (h @ w_hn + b_hn))
+    h' = (1 - f) ⊙ n + f ⊙ h
+    y  = h'
+
+  With `reset_after=False` (the paper's form) the candidate is
+  `n = tanh(x @ w_in + b_in + (f ⊙ h) @ w_hn + b_hn)`. Note that `f` near 1
+  keeps the old state, as GRU's `z` does (the paper writes the same cell with `1 - f`).
+
+  Defaults: `w_i` LeCun normal per gate, `w_h` orthogonal per gate, biases zero
+  except the gate's slice of `b_i`, which starts at `forget_bias` = 1.0 (as Flax).
+
+  Args:
+    hidden_size: `H`, the size of the state and of the output.
+    reset_after: apply the gate after the recurrent matrix product (True) or before (False).
+    use_bias: if False there are no biases.
+    forget_bias: initial value of the gate's input bias.
+    kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
+    recurrent_init: initializer for each gate's `[H, H]` block of `w_h`.
+    dtype: dtype of the params and of the initial carry.
+
+  Returns:
+    A `Cell` with `MGUParams` and carry `HiddenState(h=[..., H])`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.mgu(4)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> carry, y = cell.apply(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
+    >>> y.shape
+    (5, 4)
+  """
+  fn = "rnnjax.mgu"
+  hidden_size = common.factory_sizes(fn, hidden_size)
+  dtype = common.check_dtype(fn, dtype)
+  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+
+  def init(key: jax.Array, input_size: int) -> MGUParams:
+    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    k_i, k_h = jax.random.split(key)
+    b_i, b_h = cell_lib.gated_biases(2, hidden_size, dtype, use_bias=use_bias,
+                                     fill={0: forget_bias})
+    return MGUParams(
+        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 2, dtype),
+        w_h=cell_lib.gate_blocks(r_init, k_h, hidden_size, hidden_size, 2, dtype),
+        b_i=b_i, b_h=b_h)
+
+  def initial_carry(params: MGUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    return common.hidden_initial_carry(params.w_h, batch_shape)
+
+  def apply(params: MGUParams, carry: common.HiddenState, x: jax.Array, *,
+            key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
+    del key
+    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    h = carry.h
+    size = params.w_h.shape[0]
+    xi_f, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 2, axis=-1)
+    b_h = params.b_h
+    if reset_after:
+      hh_f, hh_n = jnp.split(cell_lib.affine(h, params.w_h, b_h), 2, axis=-1)
+      f = jax.nn.sigmoid(xi_f + hh_f)
+      n = jnp.tanh(xi_n + f * hh_n)
+    else:
+      b_f = None if b_h is None else b_h[:size]
+      f = jax.nn.sigmoid(xi_f + cell_lib.affine(h, params.w_h[:, :size], b_f))
+      b_n = None if b_h is None else b_h[size:]
+      n = jnp.tanh(xi_n + cell_lib.affine(f * h, params.w_h[:, size:], b_n))
+    h = (1.0 - f) * n + f * h
+    return common.HiddenState(h=h), h
+
+  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])

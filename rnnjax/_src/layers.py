@@ -1,0 +1,253 @@
+"""Layers: sequence-to-sequence functions built from cells and the engine.
+
+A `Layer` is to a whole sequence what a `Cell` is to one step. `rnn(cell)`
+makes one from a cell, `bidirectional` runs two cells in opposite directions,
+and `stack` composes cells (into a `Cell`) or layers (into a `Layer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src import unroll as unroll_lib
+
+Cell = cell_lib.Cell
+
+
+class Layer(NamedTuple):
+  """A recurrent layer over whole sequences, as pure functions.
+
+  Attributes:
+    init: `init(key, input_size) -> params`.
+    initial_carry: `initial_carry(params, batch_shape=()) -> carry`.
+    apply: `apply(params, xs, carry=None, *, lengths=None, resets=None, key=None)
+      -> (ys, final_carry)`, with `xs: [T, ..., I]` and the semantics of `rnnjax.unroll`.
+    input_size: optional `input_size(params) -> int`.
+  """
+
+  init: Callable[[jax.Array, int], Any]
+  initial_carry: Callable[..., Any]
+  apply: Callable[..., tuple[Any, Any]]
+  input_size: Callable[[Any], int | None] | None = None
+
+
+class BidirectionalParams(NamedTuple):
+  forward: Any  # params of the forward cell
+  backward: Any  # params of the backward cell
+
+
+class BidirectionalState(NamedTuple):
+  forward: Any  # carry of the forward cell, [..., *state]
+  backward: Any  # carry of the backward cell, [..., *state]; after its last processed step
+
+
+def _input_size(module: Cell | Layer, params: Any) -> int | None:
+  return module.input_size(params) if module.input_size is not None else None
+
+
+def _layer_output_size(layer: Layer, params: Any, input_size: int) -> int:
+  dtype = jax.tree_util.tree_leaves(params)[0].dtype
+  xs = jax.ShapeDtypeStruct((1, input_size), dtype)
+  ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
+  return int(ys.shape[-1])
+
+
+def rnn(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1,
+        remat: int | bool = False) -> Layer:
+  """A `Layer` that runs `cell` over time with `rnnjax.unroll` (like Flax's `nn.RNN`).
+
+  Args:
+    cell: the cell to run.
+    reverse, unroll, remat: as in `rnnjax.unroll`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> layer = rnnjax.rnn(rnnjax.gru(8))
+    >>> params = layer.init(jax.random.key(0), input_size=3)
+    >>> ys, carry = layer.apply(params, jnp.ones((10, 2, 3)), lengths=jnp.array([10, 4]))
+    >>> ys.shape
+    (10, 2, 8)
+  """
+  if not isinstance(cell, Cell):
+    raise TypeError(f"rnnjax.rnn: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
+
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    return unroll_lib.unroll(cell, params, xs, carry, lengths=lengths, resets=resets,
+                             reverse=reverse, unroll=unroll, remat=remat, key=key)
+
+  return Layer(cell.init, cell.initial_carry, apply, input_size=cell.input_size)
+
+
+def _dropout(key: jax.Array, rate: float, y: jax.Array) -> jax.Array:
+  keep = jax.random.bernoulli(key, 1.0 - rate, y.shape)
+  return jnp.where(keep, y / (1.0 - rate), jnp.zeros_like(y))
+
+
+def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Layer:
+  """Composes cells or layers, each feeding its outputs to the next (PyTorch's `num_layers`).
+
+  A stack of cells is itself a `Cell` (one step runs every layer), so it works
+  wherever a cell does: `unroll`, `rnn`, `bidirectional`, or another `stack`. A
+  stack that holds any `Layer` (for example a `bidirectional` one) is a `Layer`
+  that runs one layer after another over the whole sequence; cells in it are run
+  with `rnn(cell)`. Params and carries are tuples with one entry per layer.
+
+  Dropout is applied to the outputs of every layer but the last, as in
+  PyTorch's `nn.LSTM(dropout=...)`, with a fresh mask per step. It is active
+  only when a `key` is passed to `apply` (or to `unroll`); without a key the
+  stack is deterministic, which is what evaluation wants.
+
+  Args:
+    layers: a non-empty sequence of `Cell`s and/or `Layer`s.
+    dropout: the drop probability between layers, in `[0, 1)`.
+
+  Returns:
+    A `Cell` if every entry is a `Cell`, else a `Layer`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.stack([rnnjax.lstm(16), rnnjax.lstm(8)], dropout=0.1)
+    >>> params = cell.init(jax.random.key(0), input_size=4)
+    >>> xs = jnp.ones((12, 3, 4))
+    >>> ys, carry = rnnjax.unroll(cell, params, xs, key=jax.random.key(1))   # training
+    >>> ys, carry = rnnjax.unroll(cell, params, xs)                          # evaluation
+    >>> ys.shape, len(carry)
+    ((12, 3, 8), 2)
+  """
+  fn = "rnnjax.stack"
+  layers = tuple(layers)
+  if not layers:
+    raise ValueError(f"{fn}: `layers` must hold at least one cell or layer, got an empty sequence.")
+  for i, layer in enumerate(layers):
+    if not isinstance(layer, (Cell, Layer)):
+      raise TypeError(
+          f"{fn}: `layers[{i}]` must be an rnnjax.Cell or rnnjax.Layer, got "
+          f"{type(layer).__name__}.")
+  rate = checks.probability(fn, "dropout", dropout)
+  all_cells = all(isinstance(layer, Cell) for layer in layers)
+  if not all_cells:
+    layers = tuple(rnn(layer) if isinstance(layer, Cell) else layer for layer in layers)
+  n = len(layers)
+
+  def init(key: jax.Array, input_size: int) -> tuple[Any, ...]:
+    size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    params = []
+    for layer, k in zip(layers, jax.random.split(key, n), strict=True):
+      p = layer.init(k, size)
+      params.append(p)
+      size = (cell_lib.output_size(layer, p, size) if all_cells
+              else _layer_output_size(layer, p, size))
+    return tuple(params)
+
+  def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:
+    return tuple(layer.initial_carry(p, batch_shape)
+                 for layer, p in zip(layers, params, strict=True))
+
+  def layer_keys(key):
+    if key is None:
+      return [None] * n, [None] * n
+    ks = jax.random.split(key, 2 * n)
+    return list(ks[:n]), list(ks[n:])
+
+  def drop(i, k, y):
+    if k is None or rate == 0.0 or i == n - 1:
+      return y
+    return _dropout(k, rate, y)
+
+  def input_size(params):
+    return _input_size(layers[0], params[0])
+
+  if all_cells:
+    def apply_cell(params, carry, x, *, key=None):
+      apply_keys, drop_keys = layer_keys(key)
+      new_carry = []
+      for i, (cell, p, c) in enumerate(zip(layers, params, carry, strict=True)):
+        k = apply_keys[i]
+        c, x = cell.apply(p, c, x) if k is None else cell.apply(p, c, x, key=k)
+        new_carry.append(c)
+        x = drop(i, drop_keys[i], x)
+      return tuple(new_carry), x
+
+    return Cell(init, initial_carry, apply_cell, input_size=input_size)
+
+  def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    if carry is None:
+      carry = (None,) * n
+    apply_keys, drop_keys = layer_keys(key)
+    new_carry = []
+    for i, (layer, p, c) in enumerate(zip(layers, params, carry, strict=True)):
+      xs, c = layer.apply(p, xs, c, lengths=lengths, resets=resets, key=apply_keys[i])
+      new_carry.append(c)
+      xs = drop(i, drop_keys[i], xs)
+    return xs, tuple(new_carry)
+
+  return Layer(init, initial_carry, apply_layer, input_size=input_size)
+
+
+def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
+                  unroll: int | bool = 1, remat: int | bool = False) -> Layer:
+  """Runs `forward` over each sequence and `backward` over it reversed, and merges the outputs.
+
+  The backward cell runs over each sequence's valid steps only (see `unroll`'s
+  `reverse`), so with `lengths` its first step is the last valid input and its
+  outputs are aligned with the inputs; padded outputs are zero.
+
+  Args:
+    forward: the cell run from `t = 0`.
+    backward: the cell run from each sequence's last valid step.
+    merge: `"concat"` (`ys: [T, ..., O_f + O_b]`, forward features first, as
+      PyTorch's `bidirectional=True`) or `"sum"` (`O_f` must equal `O_b`).
+    unroll, remat: as in `rnnjax.unroll`, for both directions.
+
+  Returns:
+    A `Layer` with `BidirectionalParams` and carry `BidirectionalState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> layer = rnnjax.bidirectional(rnnjax.lstm(8), rnnjax.lstm(8))
+    >>> params = layer.init(jax.random.key(0), input_size=3)
+    >>> ys, carry = layer.apply(params, jnp.ones((10, 2, 3)), lengths=jnp.array([10, 6]))
+    >>> ys.shape
+    (10, 2, 16)
+  """
+  fn = "rnnjax.bidirectional"
+  for name, cell in (("forward", forward), ("backward", backward)):
+    if not isinstance(cell, Cell):
+      raise TypeError(f"{fn}: `{name}` must be an rnnjax.Cell, got {type(cell).__name__}.")
+  checks.choice(fn, "merge", merge, ("concat", "sum"))
+
+  def init(key: jax.Array, input_size: int) -> BidirectionalParams:
+    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    k_f, k_b = jax.random.split(key)
+    params = BidirectionalParams(forward.init(k_f, input_size), backward.init(k_b, input_size))
+    if merge == "sum":
+      o_f = cell_lib.output_size(forward, params.forward, input_size)
+      o_b = cell_lib.output_size(backward, params.backward, input_size)
+      if o_f != o_b:
+        raise ValueError(
+            f"{fn}: merge='sum' needs equal output sizes, got forward={o_f} and "
+            f"backward={o_b}. Use merge='concat' or cells of the same size.")
+    return params
+
+  def initial_carry(params: BidirectionalParams, batch_shape: tuple[int, ...] = ()):
+    return BidirectionalState(forward.initial_carry(params.forward, batch_shape),
+                              backward.initial_carry(params.backward, batch_shape))
+
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    carry = carry if carry is not None else BidirectionalState(None, None)
+    k_f, k_b = (None, None) if key is None else jax.random.split(key)
+    opts = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat)
+    ys_f, c_f = unroll_lib.unroll(forward, params.forward, xs, carry.forward, key=k_f, **opts)
+    ys_b, c_b = unroll_lib.unroll(backward, params.backward, xs, carry.backward, key=k_b,
+                                  reverse=True, **opts)
+    ys = jnp.concatenate([ys_f, ys_b], axis=-1) if merge == "concat" else ys_f + ys_b
+    return ys, BidirectionalState(c_f, c_b)
+
+  return Layer(init, initial_carry, apply,
+               input_size=lambda p: _input_size(forward, p.forward))

@@ -1,0 +1,200 @@
+"""The sequential engine: a cell over time on `jax.lax.scan`.
+
+Handles variable lengths (padding), resets inside a sequence, padding-aware
+reverse, loop unrolling and rematerialisation. Masks are only built for the
+options in use, so a plain call is exactly a `lax.scan` over `cell.apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+
+_FN = "rnnjax.unroll"
+
+
+def _broadcast_where(mask: jax.Array, on_true: Any, on_false: Any) -> Any:
+  """`where(mask, a, b)` leaf by leaf; `mask: [*batch]` broadcasts over trailing axes."""
+  def select(a, b):
+    m = mask.reshape(mask.shape + (1,) * (jnp.ndim(a) - mask.ndim))
+    return jnp.where(m, a, b)
+  return jax.tree_util.tree_map(select, on_true, on_false)
+
+
+def _take_time(tree: Any, idx: jax.Array) -> Any:
+  """Gathers `tree` leaves `[T, *batch, ...]` along time with `idx: [T, *batch]`."""
+  def take(leaf):
+    i = idx.reshape(idx.shape + (1,) * (leaf.ndim - idx.ndim))
+    return jnp.take_along_axis(leaf, i, axis=0)
+  return jax.tree_util.tree_map(take, tree)
+
+
+def _check_unroll(value: Any) -> int | bool:
+  if isinstance(value, bool):
+    return value
+  return checks.positive_int(_FN, "unroll", value)
+
+
+def _check_remat(value: Any) -> int | bool:
+  if isinstance(value, bool):
+    return value
+  try:
+    return checks.positive_int(_FN, "remat", value)
+  except (TypeError, ValueError):
+    raise TypeError(
+        f"{_FN}: `remat` must be a bool or a positive integer (checkpoint every k steps), "
+        f"got {value!r}.") from None
+
+
+def _scan(step, carry, inputs, num_steps: int, *, reverse: bool, unroll: int | bool,
+          remat: int | bool):
+  """`lax.scan(step, carry, inputs)` with the remat policy applied."""
+  if remat is True:
+    return jax.lax.scan(jax.checkpoint(step), carry, inputs, reverse=reverse, unroll=unroll)
+  if remat is False:
+    return jax.lax.scan(step, carry, inputs, reverse=reverse, unroll=unroll)
+  # Checkpoint every `remat` steps: only the carries at chunk boundaries are saved on
+  # the forward pass; each chunk is recomputed during the backward pass.
+  k = min(remat, num_steps)
+  n_chunks, rest = divmod(num_steps, k)
+  head = jax.tree_util.tree_map(lambda v: v[:n_chunks * k], inputs)
+  tail = jax.tree_util.tree_map(lambda v: v[n_chunks * k:], inputs)
+  if reverse:  # Backwards, the chunks are aligned to the end of the sequence.
+    head = jax.tree_util.tree_map(lambda v: v[rest:], inputs)
+    tail = jax.tree_util.tree_map(lambda v: v[:rest], inputs)
+  head = jax.tree_util.tree_map(lambda v: v.reshape((n_chunks, k, *v.shape[1:])), head)
+
+  @jax.checkpoint
+  def chunk(c, chunk_inputs):
+    return jax.lax.scan(step, c, chunk_inputs, reverse=reverse, unroll=unroll)
+
+  def run_head(c):
+    c, ys = jax.lax.scan(chunk, c, head, reverse=reverse)
+    return c, jax.tree_util.tree_map(lambda v: v.reshape((n_chunks * k, *v.shape[2:])), ys)
+
+  def run_tail(c):
+    return jax.lax.scan(step, c, tail, reverse=reverse, unroll=unroll)
+
+  if rest == 0:
+    return run_head(carry)
+  # Forwards the head (steps [0, n*k)) comes first; backwards the head is the
+  # last n*k steps, which are processed first. Outputs stay in time order.
+  carry, ys_head = run_head(carry)
+  carry, ys_tail = run_tail(carry)
+  first, last = (ys_tail, ys_head) if reverse else (ys_head, ys_tail)
+  return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), first, last)
+
+
+def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+           lengths: jax.Array | None = None, resets: jax.Array | None = None,
+           reverse: bool = False, unroll: int | bool = 1, remat: int | bool = False,
+           key: jax.Array | None = None) -> tuple[Any, Any]:
+  """Runs `cell` over the time axis of `xs`; returns `(ys, final_carry)`.
+
+  Type signature, with `c` the carry, `x` one step of input and `y` one output::
+
+    unroll :: Cell -> params -> [T, ..., I] -> c -> ([T, ..., O], c)
+
+  Without options it is equivalent to this Python loop::
+
+    def unroll(cell, params, xs, carry=None):
+      if carry is None:
+        carry = cell.initial_carry(params, xs.shape[1:-1])
+      ys = []
+      for x in xs:
+        carry, y = cell.apply(params, carry, x)
+        ys.append(y)
+      return jnp.stack(ys), carry
+
+  Args:
+    cell: a `Cell` (a built-in cell, a `stack`, or your own).
+    params: the cell's params, from `cell.init`.
+    xs: `[T, ..., I]`, time first; the middle axes are batch axes (any number, also none).
+    carry: the carry before the first step, leaves `[..., *state]`; defaults to
+      `cell.initial_carry(params, xs.shape[1:-1])`.
+    lengths: optional integer `[...]`, the number of valid steps of each sequence
+      (in `[0, T]`). Steps at or after a sequence's length leave its carry
+      unchanged and give zero outputs, so `final_carry` is the carry after its
+      last valid step. Values are checked when `lengths` is concrete; under `jit`
+      values outside `[0, T]` act as if clipped into it.
+    resets: optional bool `[T, ...]`; `resets[t]` marks the first step of a new
+      segment (an episode boundary, or the start of the next packed sequence):
+      that element's carry is set back to `cell.initial_carry(params)` (not to
+      `carry`) before step `t`. Resets at padded steps have no effect.
+    reverse: run each sequence backwards over its valid steps only: with lengths,
+      step `lengths - 1` is processed first, padding stays at the end and
+      `ys[t]` stays aligned with `xs[t]`. With resets, each segment is run
+      backwards on its own (the carry restarts at each segment's last step).
+    unroll: how many steps `lax.scan` unrolls per loop iteration (`True`: all).
+    remat: `True` recomputes each step's internals on the backward pass instead
+      of storing them (`jax.checkpoint` on the step); an integer `k` stores only
+      every `k`-th carry and recomputes the `k` steps between (a good `k` is
+      about `sqrt(T)`), so memory grows as `T/k + k` instead of `T`.
+    key: optional PRNG key for cells with randomness (dropout in a `stack`); it is
+      split into one key per step. Without it such cells run deterministically.
+
+  Returns:
+    `(ys, final_carry)` with `ys: [T, ..., O]`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.lstm(16)
+    >>> params = cell.init(jax.random.key(0), input_size=8)
+    >>> xs = jnp.ones((20, 4, 8))                      # [T, B, I]
+    >>> ys, carry = rnnjax.unroll(cell, params, xs, lengths=jnp.array([20, 5, 0, 12]))
+    >>> ys.shape, carry.h.shape
+    ((20, 4, 16), (4, 16))
+    >>> bool((ys[5:, 1] == 0).all())                   # padding gives zeros
+    True
+  """
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  num_steps, batch_shape = checks.sequence_input(_FN, xs, in_size)
+  unroll = _check_unroll(unroll)
+  remat = _check_remat(remat)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  else:
+    checks.carry(_FN, carry, jax.eval_shape(cell.initial_carry, params, batch_shape))
+  if lengths is not None:
+    lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
+  if resets is not None:
+    resets = checks.resets(_FN, resets, num_steps, batch_shape)
+  reset_carry = cell.initial_carry(params, batch_shape) if resets is not None else None
+
+  time = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
+  valid = None if lengths is None else time < lengths
+  if resets is not None and reverse:
+    # Backwards, a segment starts at the step before the next segment's first step.
+    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
+    if valid is not None:
+      resets = resets & (time + 1 < lengths)
+  keys = None if key is None else jax.random.split(key, num_steps)
+
+  def step(c, inputs):
+    x, is_valid, reset, k = inputs
+    c_in = c if reset is None else _broadcast_where(reset, reset_carry, c)
+    new_c, y = (cell.apply(params, c_in, x) if k is None
+                else cell.apply(params, c_in, x, key=k))
+    if is_valid is not None:
+      new_c = _broadcast_where(is_valid, new_c, c)
+      y = _broadcast_where(is_valid, y, jax.tree_util.tree_map(jnp.zeros_like, y))
+    return new_c, y
+
+  inputs = (xs, valid, resets, keys)
+  if reverse and lengths is not None:
+    # Reverse each sequence's valid prefix in place, run forwards, and undo the
+    # permutation (an involution) on the outputs.
+    lens = jnp.clip(lengths, 0, num_steps)
+    idx = jnp.where(time < lens, lens - 1 - time, time)
+    xs_r, resets_r = _take_time((xs, resets), idx)
+    carry, ys = _scan(step, carry, (xs_r, valid, resets_r, keys), num_steps,
+                      reverse=False, unroll=unroll, remat=remat)
+    return _take_time(ys, idx), carry
+  carry, ys = _scan(step, carry, inputs, num_steps, reverse=reverse, unroll=unroll,
+                    remat=remat)
+  return ys, carry
