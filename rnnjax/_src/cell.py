@@ -74,7 +74,17 @@ def gate_blocks(init: Initializer, key: jax.Array, rows: int, cols: int, gates: 
   rather than the fused matrix as a whole.
   """
   keys = jax.random.split(key, gates)
-  return jnp.concatenate([init(k, (rows, cols), dtype) for k in keys], axis=-1)
+  return jnp.concatenate([draw(init, k, (rows, cols), dtype) for k in keys], axis=-1)
+
+
+def draw(init: Initializer, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  """`init(key, shape)` drawn in at least float32, then cast to `dtype`.
+
+  Low-precision dtypes (bfloat16) are cast after drawing: some initializers
+  (orthogonal, via QR) have no bfloat16 kernel on CPU.
+  """
+  wide = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+  return init(key, shape, wide).astype(dtype)
 
 
 def gated_biases(gates: int, hidden_size: int, dtype: Any, *,

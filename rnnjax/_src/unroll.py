@@ -159,7 +159,7 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
   else:
-    checks.carry(_FN, carry, jax.eval_shape(cell.initial_carry, params, batch_shape))
+    checks.carry(_FN, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
   if lengths is not None:
     lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
   if resets is not None:

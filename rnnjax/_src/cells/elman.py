@@ -69,8 +69,8 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
     k_i, k_h = jax.random.split(key)
     b_i, b_h = cell_lib.gated_biases(1, hidden_size, dtype, use_bias=use_bias)
     return ElmanParams(
-        w_i=k_init(k_i, (input_size, hidden_size), dtype),
-        w_h=r_init(k_h, (hidden_size, hidden_size), dtype),
+        w_i=cell_lib.draw(k_init, k_i, (input_size, hidden_size), dtype),
+        w_h=cell_lib.draw(r_init, k_h, (hidden_size, hidden_size), dtype),
         b_i=b_i, b_h=b_h)
 
   def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:

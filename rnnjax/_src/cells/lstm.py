@@ -91,7 +91,8 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
                                      fill={1: forget_bias})
     w_proj = None
     if proj_size is not None:
-      w_proj = cell_lib.default_kernel_init()(k_p, (hidden_size, proj_size), dtype)
+      w_proj = cell_lib.draw(cell_lib.default_kernel_init(), k_p, (hidden_size, proj_size),
+                             dtype)
     return LSTMParams(
         w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 4, dtype),
         w_h=cell_lib.gate_blocks(r_init, k_h, out_size, hidden_size, 4, dtype),
