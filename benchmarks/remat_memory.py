@@ -57,7 +57,8 @@ def main() -> None:
       row = measure(t, args.batch, args.inputs, args.hidden, remat)
       print(json.dumps(row), flush=True)
       rows.append(row)
-  print(f"\njax {jax.__version__}, backend {jax.default_backend()}, {platform.processor() or platform.machine()}\n")
+  machine = platform.processor() or platform.machine()
+  print(f"\njax {jax.__version__}, backend {jax.default_backend()}, {machine}\n")
   print("| T | remat | temporaries (MiB) | vs no remat |")
   print("|---|---|---|---|")
   for row in rows:
