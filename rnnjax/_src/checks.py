@@ -41,10 +41,11 @@ def positive_int(fn: str, name: str, value: Any) -> int:
 
 def probability(fn: str, name: str, value: Any) -> float:
   """`value` as a float in [0, 1)."""
-  try:
-    p = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{fn}: `{name}` must be a float in [0, 1), got {value!r}.") from None
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(
+        f"{fn}: `{name}` must be a float in [0, 1), got {value!r} of type "
+        f"{type(value).__name__}.")
+  p = float(value)
   if not 0.0 <= p < 1.0:
     raise ValueError(f"{fn}: `{name}` must be in [0, 1), got {name}={value!r}.")
   return p

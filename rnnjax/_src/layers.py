@@ -179,6 +179,12 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
   def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):
     if carry is None:
       carry = (None,) * n
+    elif not isinstance(carry, (tuple, list)) or len(carry) != n:
+      got = (f"a {type(carry).__name__} of length {len(carry)}"
+             if isinstance(carry, (tuple, list)) else type(carry).__name__)
+      raise TypeError(
+          f"{fn}.apply: `carry` must be a tuple with one carry per layer ({n} layers), got "
+          f"{got}. Build it with `layer.initial_carry(params, batch_shape)`.")
     apply_keys, drop_keys = layer_keys(key)
     new_carry = []
     for i, (layer, p, c) in enumerate(zip(layers, params, carry, strict=True)):
@@ -240,7 +246,12 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
                               backward.initial_carry(params.backward, batch_shape))
 
   def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
-    carry = carry if carry is not None else BidirectionalState(None, None)
+    if carry is None:
+      carry = BidirectionalState(None, None)
+    elif not isinstance(carry, BidirectionalState):
+      raise TypeError(
+          f"{fn}.apply: `carry` must be a BidirectionalState(forward, backward), got "
+          f"{type(carry).__name__}. Build it with `layer.initial_carry(params, batch_shape)`.")
     k_f, k_b = (None, None) if key is None else jax.random.split(key)
     opts = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat)
     ys_f, c_f = unroll_lib.unroll(forward, params.forward, xs, carry.forward, key=k_f, **opts)

@@ -43,12 +43,11 @@ def _check_unroll(value: Any) -> int | bool:
 def _check_remat(value: Any) -> int | bool:
   if isinstance(value, bool):
     return value
-  try:
-    return checks.positive_int(_FN, "remat", value)
-  except (TypeError, ValueError):
+  if not isinstance(value, int):
     raise TypeError(
         f"{_FN}: `remat` must be a bool or a positive integer (checkpoint every k steps), "
-        f"got {value!r}.") from None
+        f"got {value!r} of type {type(value).__name__}.")
+  return checks.positive_int(_FN, "remat", value)
 
 
 def _scan(step, carry, inputs, num_steps: int, *, reverse: bool, unroll: int | bool,
@@ -166,7 +165,9 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     resets = checks.resets(_FN, resets, num_steps, batch_shape)
   reset_carry = cell.initial_carry(params, batch_shape) if resets is not None else None
 
-  time = jnp.arange(num_steps).reshape((num_steps,) + (1,) * len(batch_shape))
+  time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
+  if lengths is not None:  # Any integer dtype; values beyond [0, T] act as if clipped.
+    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
   valid = None if lengths is None else time < lengths
   if resets is not None and reverse:
     # Backwards, a segment starts at the step before the next segment's first step.
@@ -189,8 +190,7 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
   if reverse and lengths is not None:
     # Reverse each sequence's valid prefix in place, run forwards, and undo the
     # permutation (an involution) on the outputs.
-    lens = jnp.clip(lengths, 0, num_steps)
-    idx = jnp.where(time < lens, lens - 1 - time, time)
+    idx = jnp.where(time < lengths, lengths - 1 - time, time)
     xs_r, resets_r = _take_time((xs, resets), idx)
     carry, ys = _scan(step, carry, (xs_r, valid, resets_r, keys), num_steps,
                       reverse=False, unroll=unroll, remat=remat)
