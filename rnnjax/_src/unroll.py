@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
@@ -43,7 +44,7 @@ def _check_unroll(value: Any) -> int | bool:
 def _check_remat(value: Any) -> int | bool:
   if isinstance(value, bool):
     return value
-  if not isinstance(value, int):
+  if not isinstance(value, (int, np.integer)):
     raise TypeError(
         f"{_FN}: `remat` must be a bool or a positive integer (checkpoint every k steps), "
         f"got {value!r} of type {type(value).__name__}.")
