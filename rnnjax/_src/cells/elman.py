@@ -65,13 +65,9 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
 
   def init(key: jax.Array, input_size: int) -> ElmanParams:
-    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    k_i, k_h = jax.random.split(key)
-    b_i, b_h = cell_lib.gated_biases(1, hidden_size, dtype, use_bias=use_bias)
-    return ElmanParams(
-        w_i=cell_lib.draw(k_init, k_i, (input_size, hidden_size), dtype),
-        w_h=cell_lib.draw(r_init, k_h, (hidden_size, hidden_size), dtype),
-        b_i=b_i, b_h=b_h)
+    return ElmanParams(**common.gated_weights(
+        fn, key, input_size, hidden_size, 1, kernel_init=k_init, recurrent_init=r_init,
+        dtype=dtype, use_bias=use_bias))
 
   def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     return common.hidden_initial_carry(params.w_h, batch_shape)
@@ -84,4 +80,4 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
             + cell_lib.affine(carry.h, params.w_h, params.b_h))
     return common.HiddenState(h=h), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])
+  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)

@@ -70,13 +70,9 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
 
   def init(key: jax.Array, input_size: int) -> GRUParams:
-    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    k_i, k_h = jax.random.split(key)
-    b_i, b_h = cell_lib.gated_biases(3, hidden_size, dtype, use_bias=use_bias)
-    return GRUParams(
-        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 3, dtype),
-        w_h=cell_lib.gate_blocks(r_init, k_h, hidden_size, hidden_size, 3, dtype),
-        b_i=b_i, b_h=b_h)
+    return GRUParams(**common.gated_weights(
+        fn, key, input_size, hidden_size, 3, kernel_init=k_init, recurrent_init=r_init,
+        dtype=dtype, use_bias=use_bias))
 
   def initial_carry(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     return common.hidden_initial_carry(params.w_h, batch_shape)
@@ -104,4 +100,4 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     h = (1.0 - z) * n + z * h
     return common.HiddenState(h=h), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])
+  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)

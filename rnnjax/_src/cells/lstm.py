@@ -85,18 +85,16 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
   out_size = proj_size or hidden_size
 
   def init(key: jax.Array, input_size: int) -> LSTMParams:
-    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    k_i, k_h, k_p = jax.random.split(key, 3)
-    b_i, b_h = cell_lib.gated_biases(4, hidden_size, dtype, use_bias=use_bias,
-                                     fill={1: forget_bias})
+    k_gates, k_p = jax.random.split(key)
     w_proj = None
     if proj_size is not None:
       w_proj = cell_lib.draw(cell_lib.default_kernel_init(), k_p, (hidden_size, proj_size),
                              dtype)
     return LSTMParams(
-        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 4, dtype),
-        w_h=cell_lib.gate_blocks(r_init, k_h, out_size, hidden_size, 4, dtype),
-        b_i=b_i, b_h=b_h, w_proj=w_proj)
+        **common.gated_weights(fn, k_gates, input_size, hidden_size, 4, kernel_init=k_init,
+                               recurrent_init=r_init, dtype=dtype, use_bias=use_bias,
+                               fill={1: forget_bias}, recurrent_rows=out_size),
+        w_proj=w_proj)
 
   def initial_carry(params: LSTMParams, batch_shape: tuple[int, ...] = ()) -> LSTMState:
     h_size, four_h = params.w_h.shape
@@ -116,4 +114,4 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       h = h @ params.w_proj
     return LSTMState(h=h, c=c), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])
+  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)

@@ -67,14 +67,9 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
 
   def init(key: jax.Array, input_size: int) -> MGUParams:
-    input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    k_i, k_h = jax.random.split(key)
-    b_i, b_h = cell_lib.gated_biases(2, hidden_size, dtype, use_bias=use_bias,
-                                     fill={0: forget_bias})
-    return MGUParams(
-        w_i=cell_lib.gate_blocks(k_init, k_i, input_size, hidden_size, 2, dtype),
-        w_h=cell_lib.gate_blocks(r_init, k_h, hidden_size, hidden_size, 2, dtype),
-        b_i=b_i, b_h=b_h)
+    return MGUParams(**common.gated_weights(
+        fn, key, input_size, hidden_size, 2, kernel_init=k_init, recurrent_init=r_init,
+        dtype=dtype, use_bias=use_bias, fill={0: forget_bias}))
 
   def initial_carry(params: MGUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     return common.hidden_initial_carry(params.w_h, batch_shape)
@@ -99,4 +94,4 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     h = (1.0 - f) * n + f * h
     return common.HiddenState(h=h), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_i.shape[0])
+  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)
