@@ -11,12 +11,22 @@ from rnnjax._src.cells.lstm import LSTMState as LSTMState
 from rnnjax._src.cells.lstm import lstm as lstm
 from rnnjax._src.cells.mgu import MGUParams as MGUParams
 from rnnjax._src.cells.mgu import mgu as mgu
+from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
 from rnnjax._src.layers import Layer as Layer
 from rnnjax._src.layers import bidirectional as bidirectional
 from rnnjax._src.layers import rnn as rnn
 from rnnjax._src.layers import stack as stack
+from rnnjax._src.model import SequenceModel as SequenceModel
+from rnnjax._src.model import SequenceModelParams as SequenceModelParams
+from rnnjax._src.model import sequence_model as sequence_model
+from rnnjax._src.train import FitResult as FitResult
+from rnnjax._src.train import TrainState as TrainState
+from rnnjax._src.train import fit as fit
+from rnnjax._src.train import make_train_step as make_train_step
+from rnnjax._src.train import train_state as train_state
+from rnnjax._src.unroll import truncated_unroll as truncated_unroll
 from rnnjax._src.unroll import unroll as unroll
 
 __version__ = "0.1.0"
@@ -25,19 +35,29 @@ __all__ = (
     "BidirectionalParams",
     "BidirectionalState",
     "Cell",
+    "Checkpointer",
     "ElmanParams",
+    "FitResult",
     "GRUParams",
     "HiddenState",
     "LSTMParams",
     "LSTMState",
     "Layer",
     "MGUParams",
+    "SequenceModel",
+    "SequenceModelParams",
+    "TrainState",
     "bidirectional",
     "elman",
+    "fit",
     "gru",
     "lstm",
+    "make_train_step",
     "mgu",
     "rnn",
+    "sequence_model",
     "stack",
+    "train_state",
+    "truncated_unroll",
     "unroll",
 )

@@ -1,0 +1,100 @@
+"""A sequence model: input encoder, a recurrent core, a linear read-out.
+
+This is the model the command line trains, and a template for your own: the
+core is any rnnjax `Cell` (a stack of cells included) or `Layer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks, layers
+from rnnjax._src import unroll as unroll_lib
+
+
+class SequenceModelParams(NamedTuple):
+  embed: jax.Array | None  # [V, E] token embedding, None for float inputs
+  core: Any  # params of the recurrent core
+  w_out: jax.Array  # [C, O], C the core's output size
+  b_out: jax.Array  # [O]
+
+
+class SequenceModel(NamedTuple):
+  """`init(key) -> params`, `initial_carry(params, batch_shape)`, and
+  `apply(params, xs, carry=None, *, lengths=None, key=None, tbptt=None) -> (preds, carry)`
+  with `xs: [T, B, I]` floats or `[T, B]` token ids, `preds: [T, B, O]`."""
+
+  init: Callable[[jax.Array], SequenceModelParams]
+  initial_carry: Callable[..., Any]
+  apply: Callable[..., tuple[jax.Array, Any]]
+
+
+def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, output_size: int,
+                   vocab_size: int | None = None, embed_size: int = 64) -> SequenceModel:
+  """Wraps a recurrent core with an input encoder and a linear read-out.
+
+  Args:
+    core: a `Cell` (run with `rnnjax.unroll`) or a `Layer`.
+    input_size: features per step of float inputs (ignored for token inputs).
+    output_size: `O`, outputs per step (values, or logits over a vocabulary).
+    vocab_size: if set, inputs are token ids `[T, B]` embedded into `embed_size` features.
+    embed_size: the embedding size for token inputs.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> model = rnnjax.sequence_model(rnnjax.lstm(16), input_size=2, output_size=1)
+    >>> params = model.init(jax.random.key(0))
+    >>> preds, carry = model.apply(params, jnp.ones((10, 4, 2)))
+    >>> preds.shape
+    (10, 4, 1)
+  """
+  fn = "rnnjax.sequence_model"
+  if not isinstance(core, (cell_lib.Cell, layers.Layer)):
+    raise TypeError(f"{fn}: `core` must be an rnnjax Cell or Layer, got {type(core).__name__}.")
+  output_size = checks.positive_int(fn, "output_size", output_size)
+  if vocab_size is not None:
+    vocab_size = checks.positive_int(fn, "vocab_size", vocab_size)
+    embed_size = checks.positive_int(fn, "embed_size", embed_size)
+    core_in = embed_size
+  else:
+    core_in = checks.positive_int(fn, "input_size", input_size)
+  is_cell = isinstance(core, cell_lib.Cell)
+
+  def init(key: jax.Array) -> SequenceModelParams:
+    k_e, k_c, k_o = jax.random.split(key, 3)
+    embed = None
+    if vocab_size is not None:
+      embed = jax.random.normal(k_e, (vocab_size, embed_size), jnp.float32)
+    core_params = core.init(k_c, core_in)
+    if is_cell:
+      core_out = cell_lib.output_size(core, core_params, core_in)
+    else:
+      core_out = layers._layer_output_size(core, core_params, core_in)
+    w_out = jax.nn.initializers.lecun_normal()(k_o, (core_out, output_size), jnp.float32)
+    return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), jnp.float32))
+
+  def initial_carry(params: SequenceModelParams, batch_shape: tuple[int, ...] = ()):
+    return core.initial_carry(params.core, batch_shape)
+
+  def apply(params: SequenceModelParams, xs: jax.Array, carry: Any = None, *,
+            lengths: jax.Array | None = None, key: jax.Array | None = None,
+            tbptt: int | None = None) -> tuple[jax.Array, Any]:
+    if params.embed is not None:
+      xs = jnp.take(params.embed, xs, axis=0)
+    if tbptt is not None:
+      if not is_cell:
+        raise ValueError(f"{fn}.apply: `tbptt` needs a Cell core, got a Layer.")
+      hs, carry = unroll_lib.truncated_unroll(core, params.core, xs, carry, chunk=tbptt,
+                                              lengths=lengths, key=key)
+    elif is_cell:
+      hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
+    else:
+      hs, carry = core.apply(params.core, xs, carry, lengths=lengths, key=key)
+    return hs @ params.w_out + params.b_out, carry
+
+  return SequenceModel(init, initial_carry, apply)
