@@ -26,7 +26,7 @@ from jax.test_util import check_grads
 import rnnjax
 from tests import reference
 
-T, B, I, H, P = 7, 3, 4, 5, 3  # noqa: E741  (time, batch, input, hidden, LSTM projection)
+T, B, I, H, P = 7, 3, 4, 5, 3
 TOL = 1e-5  # float32 against the float64 reference
 BF16_TOL = 5e-2
 LENGTHS = (T, 4, 0)

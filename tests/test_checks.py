@@ -20,7 +20,7 @@ import pytest
 import rnnjax
 from tests import reference
 
-T, B, I, H = 7, 3, 8, 5  # noqa: E741 (the house dimension letters)
+T, B, I, H = 7, 3, 8, 5
 CELL = rnnjax.gru(H)
 LSTM = rnnjax.lstm(H)
 FACTORIES = {"elman": rnnjax.elman, "gru": rnnjax.gru, "lstm": rnnjax.lstm, "mgu": rnnjax.mgu}

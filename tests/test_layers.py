@@ -20,7 +20,7 @@ from jax.test_util import check_grads
 import rnnjax
 from tests import reference
 
-T, B, I = 7, 3, 4  # noqa: E741 (the house dimension letters)
+T, B, I = 7, 3, 4
 ATOL = RTOL = 1e-5
 OPTIONS = ("plain", "lengths", "resets", "lengths+resets")
 

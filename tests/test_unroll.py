@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 import rnnjax
 from tests import reference
 
-T, B, I, H = 8, 4, 3, 5  # noqa: E741 (the house dimension letters)
+T, B, I, H = 8, 4, 3, 5
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 BF16_TOL = {"rtol": 5e-2, "atol": 5e-2}
 
