@@ -1,0 +1,78 @@
+"""Tasks: real and synthetic sequence problems, each a `Task` of batches, loss and evaluation.
+
+`TASKS` maps the command-line names to the factories; `get_task(name, **kwargs)`
+calls one.
+
+Example:
+  >>> from rnnjax import tasks
+  >>> sorted(tasks.TASKS)
+  ['adding', 'co2', 'copy', 'sunspots', 'text']
+  >>> task = tasks.get_task("sunspots", window=20)
+  >>> task.metric, task.baseline_name
+  ('test_rmse', 'persistence')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rnnjax.tasks.base import Batch as Batch
+from rnnjax.tasks.base import Predict as Predict
+from rnnjax.tasks.base import Task as Task
+from rnnjax.tasks.base import masked_cross_entropy as masked_cross_entropy
+from rnnjax.tasks.base import masked_mse as masked_mse
+from rnnjax.tasks.forecast import Series as Series
+from rnnjax.tasks.forecast import co2_task as co2_task
+from rnnjax.tasks.forecast import load_co2 as load_co2
+from rnnjax.tasks.forecast import load_sunspots as load_sunspots
+from rnnjax.tasks.forecast import sunspots_task as sunspots_task
+from rnnjax.tasks.synthetic import adding_task as adding_task
+from rnnjax.tasks.synthetic import copy_task as copy_task
+from rnnjax.tasks.text import decode as decode
+from rnnjax.tasks.text import encode as encode
+from rnnjax.tasks.text import stdlib_corpus as stdlib_corpus
+from rnnjax.tasks.text import text_task as text_task
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "adding": adding_task,
+    "co2": co2_task,
+    "copy": copy_task,
+    "sunspots": sunspots_task,
+    "text": text_task,
+}
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+  """The task called `name` in `TASKS`, built with the factory's keyword arguments `kwargs`.
+
+  Raises:
+    ValueError: if `name` is not a task's name (the message lists them).
+  """
+  if name not in TASKS:
+    raise ValueError(
+        f"rnnjax.tasks.get_task: unknown task {name!r}; choose one of: "
+        f"{', '.join(sorted(TASKS))}.")
+  return TASKS[name](**kwargs)
+
+
+__all__ = (
+    "TASKS",
+    "Batch",
+    "Predict",
+    "Series",
+    "Task",
+    "adding_task",
+    "co2_task",
+    "copy_task",
+    "decode",
+    "encode",
+    "get_task",
+    "load_co2",
+    "load_sunspots",
+    "masked_cross_entropy",
+    "masked_mse",
+    "stdlib_corpus",
+    "sunspots_task",
+    "text_task",
+)

@@ -1,0 +1,69 @@
+"""Helpers shared by the tasks: argument checks, window sampling and prediction checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax._src import checks
+
+
+def int_at_least(fn: str, name: str, value: Any, minimum: int = 1) -> int:
+  """`value` as a Python int >= `minimum` (TypeError for non-integers, ValueError if too small)."""
+  if minimum == 0 and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if value < 0:
+      raise ValueError(f"{fn}: `{name}` must be a non-negative integer, got {name}={value}.")
+    return int(value)
+  value = checks.positive_int(fn, name, value)
+  if value < minimum:
+    raise ValueError(f"{fn}: `{name}` must be at least {minimum}, got {name}={value}.")
+  return value
+
+
+def fraction(fn: str, name: str, value: Any, high: float) -> float:
+  """`value` as a float in (0, high]."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    raise TypeError(
+        f"{fn}: `{name}` must be a float in (0, {high}], got {value!r} of type "
+        f"{type(value).__name__}.")
+  if not 0.0 < float(value) <= high:
+    raise ValueError(f"{fn}: `{name}` must be in (0, {high}], got {name}={value!r}.")
+  return float(value)
+
+
+def random_windows(key: jax.Array, data: jax.Array, batch_size: int, length: int) -> jax.Array:
+  """`batch_size` random windows of `length` consecutive entries of `data`, time first.
+
+  Args:
+    key: a PRNG key; the windows are a pure function of it.
+    data: `[N, ...]` array with `N >= length`.
+    batch_size: `B`, a Python int.
+    length: `L`, a Python int.
+
+  Returns:
+    `[L, B, ...]`: `out[t, b] = data[s_b + t]` with `s_b` uniform in `[0, N - L]`.
+  """
+  starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - length + 1)
+  idx = starts[None, :] + jnp.arange(length, dtype=starts.dtype)[:, None]
+  return data[idx]
+
+
+def predictions(fn: str, preds: Any, shape: Sequence[int]) -> np.ndarray:
+  """`predict`'s output as a float64 NumPy array, checked to have `shape`."""
+  got = tuple(getattr(preds, "shape", ()))
+  if got != tuple(shape):
+    raise ValueError(
+        f"{fn}: `predict` returned an array of shape {got}, expected {tuple(shape)} "
+        "([T, B, O]: one prediction per input step). Check the model's output size and that "
+        "it keeps the time axis first.")
+  return np.asarray(jnp.asarray(preds, jnp.float32), np.float64)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+  """Log-probabilities along the last axis, in float64."""
+  shifted = logits - np.max(logits, axis=-1, keepdims=True)
+  return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
