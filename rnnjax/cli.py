@@ -290,7 +290,10 @@ def _plots(out: pathlib.Path, task, details: dict[str, Any], config: dict[str, A
     fig.savefig(out / "forecast.png", dpi=100)
     plt.close(fig)
   if task.vocab_size is not None and task.name == "text":
-    text = sample_text(out, length=300, prompt="def ", temperature=0.8, seed=0)
+    held_out = details.get("held_out") or [""]
+    prompt = "def " if all(c in task.info["vocab"] for c in "def ") else held_out[0][:4]
+    text = sample_text(out, length=300, prompt=prompt or task.info["vocab"][0], temperature=0.8,
+                       seed=0)
     (out / "samples.txt").write_text(text + "\n")
     fig = plt.figure(figsize=(9, 5))
     fig.text(0.01, 0.99, text, family="monospace", fontsize=8, va="top", wrap=True)
@@ -346,9 +349,10 @@ def sample_text(out: str | pathlib.Path, *, length: int, prompt: str, temperatur
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] not in ("train", "sample", "-h", "--help"):
+    argv = ["train", *argv]  # `rnnjax --task adding` means `rnnjax train --task adding`.
   args = parser.parse_args(argv)
-  if args.command is None:
-    args = parser.parse_args(["train", *(argv or [])])
   try:
     if args.command == "train":
       return train(resolve_config(args))

@@ -63,9 +63,15 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
                                              enable_async_checkpointing=False))
 
-  def save(self, step: int, tree: Any) -> None:
-    """Writes `tree` as the checkpoint of `step` and waits until it is on disk."""
-    self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
+  def save(self, step: int, tree: Any, meta: dict | None = None) -> None:
+    """Writes `tree` (and an optional JSON-able `meta` dict) as the checkpoint of `step`.
+
+    Both go into the same step directory, which appears only once complete.
+    Returns once the checkpoint is on disk.
+    """
+    items = {"state": ocp.args.StandardSave(tree),
+             "meta": ocp.args.JsonSave(meta if meta is not None else {})}
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
   def latest_step(self) -> int | None:
@@ -83,12 +89,18 @@ class Checkpointer:
     Raises:
       FileNotFoundError: if there is no checkpoint.
     """
+    return self.restore_with_meta(like, step)[0]
+
+  def restore_with_meta(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
+    """`restore`, plus the `meta` dict saved with the checkpoint."""
     step = self.latest_step() if step is None else int(step)
     if step is None:
       raise FileNotFoundError(f"rnnjax.Checkpointer: no checkpoint in {self.directory}.")
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, like)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"] or {})
 
   def close(self) -> None:
     self._manager.close()

@@ -221,9 +221,13 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
     metrics_path = out / "metrics.jsonl"
   template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   last_saved = None
+  # Losses since the last log record are saved with each checkpoint, so that a
+  # resumed run logs exactly what an uninterrupted one would.
+  losses: list[float] = []
   if resume and ckpt is not None and ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    state, meta = ckpt.restore_with_meta(state)
     last_saved = int(state.step)
+    losses = list(meta.get("pending_losses", []))
     _trim_jsonl(metrics_path, last_saved)
   elif metrics_path is not None and metrics_path.exists() and not resume:
     metrics_path.unlink()
@@ -231,7 +235,7 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
   def save(s: TrainState) -> None:
     nonlocal last_saved
     if ckpt is not None and int(s.step) != last_saved:
-      ckpt.save(int(s.step), s)
+      ckpt.save(int(s.step), s, meta={"pending_losses": losses})
       last_saved = int(s.step)
 
   evals: list[dict] = []
@@ -246,7 +250,7 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
   bar = _Progress(num_steps, progress)
   step = int(state.step)
   status, message = "completed", f"trained {num_steps} steps"
-  rate, t_last, s_last, losses = None, None, step, []
+  rate, t_last, s_last = None, None, step
   with _sigint_flag() as flag:
     while step < num_steps:
       k = min(steps_per_call, num_steps - step)
@@ -272,7 +276,7 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
         t_last, s_last = now, step
       if step % log_every < k or step == num_steps:
         mean_loss = float(np.mean(losses))
-        losses = []
+        losses.clear()
         record = {"step": step, "loss": mean_loss,
                   "grad_norm": float(np.asarray(metrics["grad_norm"]).reshape(-1)[-1])}
         if rate:

@@ -1,0 +1,570 @@
+"""Tests for the command line, `rnnjax train` and `rnnjax sample`.
+
+Process behaviour (SIGKILL, Ctrl-C, exit codes, the default job) is tested on real
+subprocesses, argument checking in-process through `rnnjax.cli.main`. Every run is
+tiny (the adding problem with T = 20 and H = 16), and most share one configuration,
+`LONG`, so that the subprocesses share compiled code through JAX's compilation cache:
+compiling, not training, is most of a tiny run's time.
+"""
+
+import contextlib
+import functools
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import rnnjax
+from rnnjax import cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ADDING = ["--task", "adding", "--length", "20", "--hidden", "16", "--batch-size", "16",
+          "--steps-per-call", "10"]
+SMALL = [*ADDING, "--eval-every", "0", "--quiet", "--no-plots"]
+# Long enough that a kill after the checkpoint of step 100 lands mid-run (500 more steps and
+# 10 more checkpoints take over a second), short enough to run five times.
+LONG_STEPS = 600
+LONG = ["train", *SMALL, "--steps", str(LONG_STEPS), "--checkpoint-every", "50"]
+# The uninterrupted run of LONG keeps a checkpoint every 60 steps, some between log lines
+# (every 50), evaluates every 50 steps and plots; none of these options changes the result.
+REFERENCE = [*[a for a in LONG if a != "--no-plots"], "--checkpoint-every", "60", "--keep",
+             "100", "--eval-every", "50"]
+REFERENCE_CHECKPOINTS = list(range(60, LONG_STEPS + 1, 60))
+# A text without the characters of `rnnjax sample`'s default prompt, "def ".
+TEXT = "a cat sits on a mat. this is not a big hat, but a warm sunny spot. " * 80  # ~5 KB
+DEFAULT_JOB = "test_the_default_job_beats_its_baseline"
+
+
+@pytest.fixture(autouse=True)
+def _standard_promotion():
+  """The CLI runs under standard promotion (optax's own code needs it)."""
+  with jax.numpy_dtype_promotion("standard"):
+    yield
+
+
+def _boom(*args, **kwargs):
+  raise AssertionError("training started, but the arguments should have been refused first")
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+  """Fails the test if training starts."""
+  monkeypatch.setattr(rnnjax, "fit", _boom)
+  monkeypatch.setattr(rnnjax, "make_train_step", _boom)
+
+
+# --- subprocesses ---------------------------------------------------------------------------
+
+_ENV: dict[str, str] = {}
+
+
+def _command(args: list[str]) -> list[str]:
+  return [sys.executable, "-m", "rnnjax.cli", *args]
+
+
+def _start(args: list[str], cwd: pathlib.Path) -> subprocess.Popen:
+  """Starts `rnnjax ARGS` in `cwd`; its stdout and stderr go to files there."""
+  tag = time.monotonic_ns()
+  stdout, stderr = open(cwd / f".stdout-{tag}", "w"), open(cwd / f".stderr-{tag}", "w")
+  with stdout, stderr:
+    proc = subprocess.Popen(_command(args), cwd=cwd, env=_ENV, stdout=stdout, stderr=stderr)
+  proc.output_paths = (pathlib.Path(stdout.name), pathlib.Path(stderr.name))
+  return proc
+
+
+def _output(proc: subprocess.Popen) -> tuple[str, str]:
+  return proc.output_paths[0].read_text(), proc.output_paths[1].read_text()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+def _run(args: list[str], cwd: pathlib.Path, timeout: float = 60) -> subprocess.CompletedProcess:
+  return subprocess.run(_command(args), cwd=cwd, env=_ENV, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+class _Background:
+  """A run started at once and awaited when its result is needed."""
+
+  def __init__(self, args: list[str], cwd: pathlib.Path):
+    self.cwd, self.proc, self.started = cwd, _start(args, cwd), time.monotonic()
+
+  def wait(self, timeout: float) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr), waiting at most until `timeout` s after the start."""
+    self.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - self.started)))
+    return (self.proc.returncode, *_output(self.proc))
+
+  def result(self) -> pathlib.Path:
+    code, _, stderr = self.wait(120)
+    assert code == 0, stderr
+    return self.cwd / "run"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subprocess_env(tmp_path_factory, request):
+  """The subprocesses' environment: CPU, and a compilation cache shared between them.
+
+  Also starts the default job in the background if its test is to run: it takes the
+  longest, and this process has other work meanwhile.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax-cache")),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+  _ENV.update(env)
+  if any(item.name == DEFAULT_JOB for item in request.session.items):
+    request.getfixturevalue("default_job")
+  yield
+  _ENV.clear()
+
+
+@pytest.fixture(scope="module")
+def default_job(tmp_path_factory):
+  """`rnnjax train` with no arguments, in an empty directory."""
+  run = _Background(["train"], tmp_path_factory.mktemp("default"))
+  yield run
+  _stop(run.proc)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The uninterrupted run of `LONG` (as `REFERENCE`), started in the background."""
+  run = _Background([*REFERENCE, "--out", "run"], tmp_path_factory.mktemp("reference"))
+  yield run
+  _stop(run.proc)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _main(args: list[str]) -> tuple[int, str, str]:
+  """`rnnjax.cli.main(args)` in this process: (return code, stdout, stderr)."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.main(args)
+  return code, out.getvalue(), err.getvalue()
+
+
+def _steps(out: pathlib.Path) -> list[int]:
+  """The steps of the complete checkpoints in `out` (orbax renames each into place when done)."""
+  directory = out / "checkpoint"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, out: pathlib.Path, at_least: int,
+                         timeout: float = 90) -> None:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    steps = _steps(out)
+    if steps and steps[-1] >= at_least:
+      return
+    if proc.poll() is not None:
+      pytest.fail(f"the run exited ({proc.returncode}) before a checkpoint of step >= "
+                  f"{at_least}:\n{_output(proc)[1]}")
+    time.sleep(0.01)
+  _stop(proc)
+  pytest.fail(f"no checkpoint of step >= {at_least} after {timeout} s")
+
+
+@functools.cache
+def _template(config_json: str) -> rnnjax.TrainState:
+  """The shapes and dtypes of the `TrainState` of a run, built as the CLI builds it."""
+  config = json.loads(config_json)
+  model = cli.make_model(config, cli.make_task(config))
+  optimizer = cli.make_optimizer(config)
+  return jax.eval_shape(lambda key: rnnjax.train_state(model.init(key), optimizer, key),
+                        jax.random.PRNGKey(0))
+
+
+def _final_state(out: pathlib.Path) -> rnnjax.TrainState:
+  """The newest checkpoint of the run in `out`."""
+  config = json.loads((out / "config.json").read_text())
+  for name in cli.RUN_ONLY - {"steps"}:
+    config.pop(name, None)
+  ckpt = rnnjax.Checkpointer(out / "checkpoint")
+  try:
+    return ckpt.restore(_template(json.dumps(config, sort_keys=True)))
+  finally:
+    ckpt.close()
+
+
+def _assert_trees_equal(actual, expected) -> None:
+  leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(actual)
+  leaves_e, tree_e = jax.tree_util.tree_flatten_with_path(expected)
+  assert tree_a == tree_e
+  for (path, a), (_, e) in zip(leaves_a, leaves_e, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(e),
+                                  err_msg=f"at {jax.tree_util.keystr(path)}")
+
+
+def _records(out: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(out: pathlib.Path) -> list[dict]:
+  """The training records of metrics.jsonl without the timing, which differs between runs."""
+  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in _records(out)
+          if "loss" in r]
+
+
+def _progress_steps(stderr: str) -> list[int]:
+  return [int(s) for s in re.findall(r"^step\s+(\d+)/", stderr, flags=re.MULTILINE)]
+
+
+def _text_file(tmp_path: pathlib.Path, text: str) -> pathlib.Path:
+  path = tmp_path / "corpus.txt"
+  path.write_text(text)
+  return path
+
+
+# --- kill, Ctrl-C and resume ---------------------------------------------------------------
+
+
+def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
+  # Start once the reference trains: its compiled code is then in the cache.
+  _wait_for_checkpoint(reference.proc, reference.cwd / "run", 1)
+  run = tmp_path / "run"
+  proc = _start([*LONG, "--out", "run"], tmp_path)
+  try:
+    _wait_for_checkpoint(proc, run, 100)
+    assert proc.poll() is None, "the run finished before the kill: raise LONG_STEPS"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    _stop(proc)
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = _steps(run)[-1]
+  assert 100 <= killed_at < LONG_STEPS
+  assert not (run / "summary.json").exists()
+
+  # Resume with the progress line on (--quiet may differ between a run and its resumption).
+  args = [a for a in LONG if a != "--quiet"]
+  resumed = _run([*args, "--out", "run", "--resume"], tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  # It continued from the newest checkpoint: the first progress line is one log interval on.
+  assert _progress_steps(resumed.stderr)[0] == killed_at + 50, resumed.stderr
+  assert _progress_steps(resumed.stderr)[-1] == LONG_STEPS
+  assert _steps(run) == [500, 550, 600]  # the default --keep 3
+
+  expected_dir = reference.result()
+  state, expected = _final_state(run), _final_state(expected_dir)
+  assert int(state.step) == int(expected.step) == LONG_STEPS
+  _assert_trees_equal(state, expected)  # params, optimizer state, step and key
+  assert _losses(run) == _losses(expected_dir)
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary == {**json.loads((expected_dir / "summary.json").read_text()),
+                     "wall_s": summary["wall_s"], "config": summary["config"]}
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_is_exact(tmp_path, reference):
+  run = tmp_path / "run"
+  proc = _start([*LONG, "--out", "run"], tmp_path)
+  try:
+    _wait_for_checkpoint(proc, run, 50)
+    assert proc.poll() is None, "the run finished before Ctrl-C: raise LONG_STEPS"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+  finally:
+    _stop(proc)
+  _, stderr = _output(proc)
+  assert proc.returncode == 130, stderr
+  match = re.search(r"interrupted at step (\d+)", stderr)
+  assert match, stderr
+  stopped = int(match.group(1))
+  assert 50 <= stopped < LONG_STEPS
+  assert "--resume" in stderr
+  assert _steps(run)[-1] == stopped  # the checkpoint of the interrupted step
+  assert not (run / "summary.json").exists()
+
+  resumed = _run([*LONG, "--out", "run", "--resume"], tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  state, expected = _final_state(run), _final_state(reference.result())
+  assert int(state.step) == LONG_STEPS
+  _assert_trees_equal(state, expected)
+
+
+def test_resume_from_a_checkpoint_between_log_lines_is_exact_and_logs_the_same(tmp_path,
+                                                                               reference):
+  # As if the reference had been killed after its checkpoint of step 120.
+  expected = reference.result()
+  assert _steps(expected) == REFERENCE_CHECKPOINTS
+  run = tmp_path / "run"
+  shutil.copytree(expected, run)
+  for step in REFERENCE_CHECKPOINTS:
+    if step > 120:
+      shutil.rmtree(run / "checkpoint" / str(step))
+  (run / "summary.json").unlink()
+  resumed = _run([*LONG, "--out", "run", "--resume"], tmp_path)
+  assert resumed.returncode == 0, resumed.stderr
+  _assert_trees_equal(_final_state(run), _final_state(expected))
+  # metrics.jsonl is rewritten from step 120 on; the loss logged at step 150 must still be
+  # the mean over steps 101-150, as in the uninterrupted run.
+  assert _losses(run) == _losses(expected)
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+def test_a_completed_run_writes_metrics_summary_config_checkpoints_and_plots(reference):
+  out = reference.result()
+  every_50 = list(range(50, LONG_STEPS + 1, 50))
+  train = _losses(out)
+  assert [r["step"] for r in train] == every_50
+  assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in train)
+  evals = [r for r in _records(out) if "eval" in r]
+  assert [r["step"] for r in evals] == every_50
+  assert all(r["eval"]["step"] == r["step"] and "test_mse" in r["eval"] for r in evals)
+
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["metric"] == "test_mse"
+  value, baseline = summary["test_mse"], summary["baseline"]
+  assert value == evals[-1]["eval"]["test_mse"]
+  assert summary["baseline_name"] == "predict 1.0"
+  assert baseline == pytest.approx(1 / 6, abs=0.03)
+  assert summary["beats_baseline"] is (value < baseline)
+  assert summary["steps"] == LONG_STEPS
+
+  config = json.loads((out / "config.json").read_text())
+  assert {k: config[k] for k in ("task", "cell", "hidden", "steps", "batch_size", "length",
+                                 "keep", "layers")} == {
+      "task": "adding", "cell": "lstm", "hidden": 16, "steps": LONG_STEPS, "batch_size": 16,
+      "length": 20, "keep": 100, "layers": 1}
+  assert config["lr"] == cli.TASK_DEFAULTS["adding"]["lr"]
+  assert "resume" not in config and "overwrite" not in config
+  assert _steps(out) == REFERENCE_CHECKPOINTS
+  assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
+  assert not (out / "forecast.png").exists()
+
+  _, stdout, _ = reference.wait(120)
+  last = stdout.strip().splitlines()[-1]
+  assert "test_mse" in last and f"{value:.4g}" in last
+  assert "predict 1.0 baseline" in last and f"{baseline:.4g}" in last
+
+
+# --- the default job ------------------------------------------------------------------------
+
+
+def test_the_default_job_beats_its_baseline(default_job):
+  code, stdout, stderr = default_job.wait(120)
+  assert code == 0, stderr
+  out = default_job.cwd / "runs" / "co2-lstm"
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["task"] == "co2" and summary["cell"] == "lstm"
+  # A forecasting run also plots its forecast.
+  assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
+  assert (out / "forecast.png").read_bytes().startswith(b"\x89PNG")
+  assert summary["beats_baseline"] is True, (
+      f"test_rmse {summary['test_rmse']:.4g} vs {summary['baseline_name']} baseline "
+      f"{summary['baseline']:.4g}")
+  assert "beats the baseline" in stdout.strip().splitlines()[-1]
+
+
+def test_no_subcommand_means_train(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(cli, "train", lambda config: seen.append(config) or 0)
+  monkeypatch.chdir(tmp_path)
+  assert cli.main([]) == 0
+  assert cli.main(["train"]) == 0
+  assert seen[0] == seen[1]
+  assert seen[0]["task"] == "co2" and seen[0]["cell"] == "lstm"
+  assert pathlib.Path(seen[0]["out"]) == pathlib.Path("runs", "co2-lstm")
+
+
+def test_train_options_without_the_subcommand_mean_train(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(cli, "train", lambda config: seen.append(config) or 0)
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "--task", "adding", "--steps", "5"]) == 0
+  assert cli.main(["--task", "adding", "--steps", "5"]) == 0
+  assert seen[0] == seen[1]
+
+
+# --- bad input, refused before any compute -------------------------------------------------
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--task", "nope"], ["--task", "'nope'", "adding", "co2", "copy", "sunspots", "text"]),
+    (["--cell", "nope"], ["--cell", "'nope'", "elman", "gru", "lstm", "mgu"]),
+    (["--hidden", "0"], ["--hidden", "must be positive", "0"]),
+    (["--steps", "-1"], ["--steps", "must be positive", "-1"]),
+    (["--lr", "0"], ["--lr", "must be positive", "0"]),
+    (["--batch-size", "0"], ["--batch-size", "must be positive", "0"]),
+    (["--hidden", "many"], ["--hidden", "'many'"]),
+])
+def test_bad_option_values_are_refused_by_the_parser(args, expected, tmp_path, capsys,
+                                                     no_compute):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(["train", *args, "--out", str(tmp_path / "run")])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  for text in expected:
+    assert text in err
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["dropout", "missing", "empty", "short", "text-not-text"])
+def test_bad_values_are_refused_before_any_compute(case, tmp_path, no_compute):
+  out = tmp_path / "run"
+  if case == "dropout":
+    args, expected = [*SMALL, "--dropout", "1.5"], ["--dropout", "1.5", "[0, 1)"]
+  elif case == "missing":
+    path = tmp_path / "no-such-file.txt"
+    args, expected = ["--task", "text", "--text", str(path)], [str(path), "no such file"]
+  elif case == "empty":
+    path = _text_file(tmp_path, "")
+    args, expected = ["--task", "text", "--text", str(path)], [str(path), "empty"]
+  elif case == "short":
+    path = _text_file(tmp_path, "x" * 100)
+    # The default window is 128: 129 characters to train on and as many held out.
+    args, expected = ["--task", "text", "--text", str(path)], ["100 characters", "258"]
+  else:
+    path = _text_file(tmp_path, TEXT)
+    args, expected = [*SMALL, "--text", str(path)], ["--text", "--task text"]
+  code, _, stderr = _main(["train", *args, "--out", str(out)])
+  assert code == 2
+  assert stderr.startswith("rnnjax train: error: ")
+  for text in expected:
+    assert text in stderr
+  assert not out.exists()
+
+
+def test_an_out_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(
+    tmp_path, monkeypatch, reference):
+  out = tmp_path / "run"
+  shutil.copytree(reference.result(), out)
+  args = [*LONG, "--out", str(out)]
+
+  def snapshot():
+    return ((out / "config.json").read_text(), (out / "metrics.jsonl").read_text(),
+            (out / "summary.json").read_text(), _steps(out))
+
+  before = snapshot()
+  with monkeypatch.context() as m:
+    m.setattr(rnnjax, "fit", _boom)
+    code, _, stderr = _main([*args, "--hidden", "8"])
+    assert code == 2
+    assert "different configuration" in stderr and "hidden: 16 -> 8" in stderr
+    assert "--overwrite" in stderr
+    code, _, stderr = _main([*args, "--cell", "gru", "--seed", "3"])
+    assert code == 2
+    assert "cell: 'lstm' -> 'gru'" in stderr and "seed: 0 -> 3" in stderr
+    # The same run (--keep, --eval-every, --checkpoint-every and plots may differ).
+    code, _, stderr = _main(args)
+    assert code == 2
+    assert "already holds a run of this configuration" in stderr
+    assert "--resume" in stderr and "--overwrite" in stderr
+    assert snapshot() == before
+
+  code, _, stderr = _main([*args, "--hidden", "8", "--steps", "20", "--checkpoint-every", "10",
+                           "--overwrite"])
+  assert code == 0, stderr
+  assert json.loads((out / "config.json").read_text())["hidden"] == 8
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["config"]["hidden"] == 8 and summary["steps"] == 20
+  assert [r["step"] for r in _records(out)] == [20, 20]  # one loss record, one evaluation
+  assert not (out / "loss.png").exists()  # replaced by a run with --no-plots
+  assert _steps(out) == [10, 20]
+  assert int(_final_state(out).step) == 20  # restores with the hidden-8 template
+
+
+# --- divergence -----------------------------------------------------------------------------
+
+
+def test_a_non_finite_loss_stops_with_code_3_and_keeps_the_last_good_checkpoint(tmp_path):
+  # Adam moves every weight by about the learning rate: the first step with a non-zero rate
+  # (the second; warm-up starts at 0) makes the outputs ~1e28, whose square overflows.
+  out = tmp_path / "run"
+  code, _, stderr = _main(["train", *SMALL, "--steps", "200", "--steps-per-call", "1",
+                           "--checkpoint-every", "1", "--lr", "1e30", "--clip", "1e9",
+                           "--out", str(out)])
+  assert code == 3, stderr
+  match = re.search(r"loss became -?(nan|inf) at step (\d+)", stderr)
+  assert match, stderr
+  bad = int(match.group(2))
+  steps = _steps(out)
+  assert steps and steps[-1] == bad - 1, (steps, stderr)
+  assert f"last good checkpoint (step {bad - 1})" in stderr
+  assert not (out / "summary.json").exists()
+  state = _final_state(out)
+  assert int(state.step) == bad - 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state.params))
+
+
+# --- rnnjax sample --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+  """A tiny character model of `TEXT`, without plots."""
+  root = tmp_path_factory.mktemp("text")
+  corpus = _text_file(root, TEXT)
+  out = root / "run"
+  with jax.numpy_dtype_promotion("standard"):
+    code, _, stderr = _main(["train", "--task", "text", "--text", str(corpus), "--hidden", "16",
+                             "--steps", "30", "--window", "16", "--batch-size", "8", "--quiet",
+                             "--no-plots", "--out", str(out)])
+  assert code == 0, stderr
+  return out
+
+
+def test_sample_continues_the_prompt_with_characters_of_the_training_text(text_run):
+  args = ["sample", "--out", str(text_run), "--length", "50", "--prompt", "th"]
+  code, stdout, stderr = _main(args)
+  assert code == 0, stderr
+  assert stdout.endswith("\n")
+  text = stdout[:-1]
+  assert len(text) == 52 and text.startswith("th")
+  assert set(text) <= set(TEXT)
+  assert json.loads((text_run / "vocab.json").read_text()) == sorted(set(TEXT))
+  assert _main(args)[1] == stdout  # the same --seed gives the same text
+
+
+@pytest.mark.parametrize("prompt", ["th€", ""])
+def test_sample_refuses_a_prompt_outside_the_vocabulary(text_run, prompt):
+  code, stdout, stderr = _main(["sample", "--out", str(text_run), "--length", "5",
+                                "--prompt", prompt])
+  assert code == 2 and not stdout
+  assert stderr.startswith("rnnjax sample: error: ") and "vocabulary" in stderr
+  if prompt:
+    assert "'€'" in stderr
+
+
+def test_sample_refuses_a_run_that_is_not_a_text_model(reference, tmp_path):
+  code, _, stderr = _main(["sample", "--out", str(reference.result())])
+  assert code == 2
+  assert "'adding'" in stderr and "--task text" in stderr
+  code, _, stderr = _main(["sample", "--out", str(tmp_path / "nothing")])
+  assert code == 2
+  assert "no run" in stderr
+
+
+def test_text_plots_work_for_a_corpus_without_the_default_prompt(text_run, tmp_path):
+  # The plots of a text run include a sample; `TEXT` has no "d", "e" or "f" (of the default
+  # prompt "def "). Resuming the finished run with plots on evaluates and plots again.
+  out = tmp_path / "run"
+  shutil.copytree(text_run, out)
+  config = json.loads((out / "config.json").read_text())
+  code, _, stderr = _main(["train", "--task", "text", "--text", config["text"], "--hidden", "16",
+                           "--steps", "30", "--window", "16", "--batch-size", "8", "--quiet",
+                           "--resume", "--out", str(out)])
+  assert code == 0, stderr
+  assert (out / "loss.png").exists()
+  samples = (out / "samples.txt").read_text()
+  assert set(samples) <= {*TEXT, "\n"}
