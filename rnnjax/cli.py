@@ -36,7 +36,7 @@ TASK_DEFAULTS = {
 RUN_ONLY = {"out", "resume", "overwrite", "steps", "quiet", "no_plots", "eval_every",
             "checkpoint_every", "keep"}
 OUTPUTS = ("checkpoint", "metrics.jsonl", "summary.json", "config.json", "loss.png",
-           "forecast.png", "samples.png", "samples.txt")
+           "forecast.png", "samples.png", "samples.txt", "vocab.json")
 
 
 class UsageError(Exception):

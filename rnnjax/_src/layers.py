@@ -51,7 +51,7 @@ def _input_size(module: Cell | Layer, params: Any) -> int | None:
   return module.input_size(params) if module.input_size is not None else None
 
 
-def _layer_output_size(layer: Layer, params: Any, input_size: int) -> int:
+def layer_output_size(layer: Layer, params: Any, input_size: int) -> int:
   dtype = jax.tree_util.tree_leaves(params)[0].dtype
   xs = jax.ShapeDtypeStruct((1, input_size), dtype)
   ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
@@ -142,7 +142,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
       p = layer.init(k, size)
       params.append(p)
       size = (cell_lib.output_size(layer, p, size) if all_cells
-              else _layer_output_size(layer, p, size))
+              else layer_output_size(layer, p, size))
     return tuple(params)
 
   def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:

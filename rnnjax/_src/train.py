@@ -264,7 +264,8 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
                 if last_saved is not None and ckpt is not None else "no checkpoint was written")
         status = "diverged"
         message = (f"loss became {loss[~np.isfinite(loss)][0]} at step {bad}; training stopped "
-                   f"and {kept}. Lower the learning rate or clip gradients (--clip).")
+                   f"and {kept}. Lower the learning rate or clip the gradients "
+                   "(optax.clip_by_global_norm; --clip on the command line).")
         break  # `state` was donated; the last good one is on disk.
       state, step = new_state, step + k
       losses.extend(loss.tolist())
@@ -292,14 +293,14 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
         message = f"interrupted at step {step}"
         break
   bar.close()
-  if status != "diverged":
+  if status == "diverged":  # The state in hand was donated to the failed step.
+    state = ckpt.restore(template) if ckpt is not None and last_saved is not None else None
+  else:
     if status == "completed":
       evaluate(state)
     save(state)
     if ckpt is not None:
       message += f"; checkpoint of step {step} in {ckpt.directory}"
-  if status == "diverged":  # The state in hand was donated to the failed step.
-    state = ckpt.restore(template) if ckpt is not None and last_saved is not None else None
   if ckpt is not None:
     ckpt.close()
   return FitResult(state, status, message, evals)
