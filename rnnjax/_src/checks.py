@@ -23,17 +23,12 @@ def _is_concrete(x: Any) -> bool:
 
 def positive_int(fn: str, name: str, value: Any) -> int:
   """`value` as a Python int > 0; TypeError if not an integer, ValueError if <= 0."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    try:
-      is_int = not isinstance(value, bool) and operator.index(value) == value
-    except TypeError:
-      is_int = False
-    if not is_int:
-      raise TypeError(
-          f"{fn}: `{name}` must be an integer, got {value!r} of type "
-          f"{type(value).__name__}. Pass e.g. {name}=128."
-      )
-  value = int(value)
+  if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+    raise TypeError(
+        f"{fn}: `{name}` must be an integer, got {value!r} of type "
+        f"{type(value).__name__}. Pass e.g. {name}=128."
+    )
+  value = operator.index(value)
   if value <= 0:
     raise ValueError(f"{fn}: `{name}` must be a positive integer, got {name}={value}.")
   return value

@@ -51,10 +51,13 @@ def _input_size(module: Cell | Layer, params: Any) -> int | None:
   return module.input_size(params) if module.input_size is not None else None
 
 
-def layer_output_size(layer: Layer, params: Any, input_size: int) -> int:
+def output_size(module: Cell | Layer, params: Any, input_size: int) -> int:
+  """The output feature size of a `Cell` or `Layer` for inputs of `input_size`."""
+  if isinstance(module, Cell):
+    return cell_lib.output_size(module, params, input_size)
   dtype = jax.tree_util.tree_leaves(params)[0].dtype
   xs = jax.ShapeDtypeStruct((1, input_size), dtype)
-  ys, _ = jax.eval_shape(lambda p, x: layer.apply(p, x), params, xs)
+  ys, _ = jax.eval_shape(lambda p, x: module.apply(p, x), params, xs)
   return int(ys.shape[-1])
 
 
@@ -141,8 +144,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     for layer, k in zip(layers, jax.random.split(key, n), strict=True):
       p = layer.init(k, size)
       params.append(p)
-      size = (cell_lib.output_size(layer, p, size) if all_cells
-              else layer_output_size(layer, p, size))
+      size = output_size(layer, p, size)
     return tuple(params)
 
   def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:

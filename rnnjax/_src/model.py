@@ -71,10 +71,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     if vocab_size is not None:
       embed = jax.random.normal(k_e, (vocab_size, embed_size), jnp.float32)
     core_params = core.init(k_c, core_in)
-    if is_cell:
-      core_out = cell_lib.output_size(core, core_params, core_in)
-    else:
-      core_out = layers.layer_output_size(core, core_params, core_in)
+    core_out = layers.output_size(core, core_params, core_in)
     w_out = jax.nn.initializers.lecun_normal()(k_o, (core_out, output_size), jnp.float32)
     return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), jnp.float32))
 
