@@ -15,6 +15,7 @@ import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
+from rnnjax._src import fused as fused_lib
 
 _FN = "rnnjax.unroll"
 
@@ -93,7 +94,7 @@ def _scan(step, carry, inputs, num_steps: int, *, reverse: bool, unroll: int | b
 def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
            lengths: jax.Array | None = None, resets: jax.Array | None = None,
            reverse: bool = False, unroll: int | bool = 1, remat: int | bool = False,
-           key: jax.Array | None = None) -> tuple[Any, Any]:
+           key: jax.Array | None = None, fused: bool = True) -> tuple[Any, Any]:
   """Runs `cell` over the time axis of `xs`; returns `(ys, final_carry)`.
 
   Type signature, with `c` the carry, `x` one step of input and `y` one output::
@@ -137,6 +138,11 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       about `sqrt(T)`), so memory grows as `T/k + k` instead of `T`.
     key: optional PRNG key for cells with randomness (dropout in a `stack`); it is
       split into one key per step. Without it such cells run deterministically.
+    fused: use the cell's whole-sequence fast path when it has one (the built-in
+      `lstm` without `proj_size`, and `gru`; float32 or float64; `remat` off).
+      It computes the same outputs and carries, and gradients whose weight terms
+      are one large matrix product each instead of `T` small ones. `False`
+      forces the generic `lax.scan` over `cell.apply`.
 
   Returns:
     `(ys, final_carry)` with `ys: [T, ..., O]`.
@@ -175,6 +181,19 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
     if valid is not None:
       resets = resets & (time + 1 < lengths)
+  kernel = fused_lib.kernel_of(cell.apply) if fused and remat is False else None
+  if kernel is not None:  # The built-in cells ignore `key`.
+    keep = None if resets is None else ~resets
+    if reverse and lengths is not None:
+      idx = jnp.where(time < lengths, lengths - 1 - time, time)
+      xs_r, keep_r = _take_time((xs, keep), idx)
+      out = kernel(params, xs_r, carry, valid=valid, keep=keep_r, reverse=False, unroll=unroll)
+      if out is not None:
+        return _take_time(out[0], idx), out[1]
+    else:
+      out = kernel(params, xs, carry, valid=valid, keep=keep, reverse=reverse, unroll=unroll)
+      if out is not None:
+        return out
   keys = None if key is None else jax.random.split(key, num_steps)
 
   def step(c, inputs):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, fused
 from rnnjax._src.cells import common
 
 
@@ -100,4 +100,5 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     h = (1.0 - z) * n + z * h
     return common.HiddenState(h=h), h
 
+  fused.attach(apply, fused.gru_kernel(reset_after))
   return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, fused
 from rnnjax._src.cells import common
 
 
@@ -114,4 +114,5 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       h = h @ params.w_proj
     return LSTMState(h=h, c=c), h
 
+  fused.attach(apply, fused.lstm_kernel)
   return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)

@@ -1,0 +1,319 @@
+"""Whole-sequence fast paths for the LSTM and GRU, chosen by `unroll` automatically.
+
+Plain autodiff through `lax.scan` differentiates the weights inside the loop:
+the backward pass does `T` small `[B, H]^T @ [B, 4H]` products and accumulates
+the weight gradients step by step. Here each sequence is a `jax.custom_jvp`
+whose tangent rule moves every weight term out of the loop::
+
+  dz_t = (dx_t @ w_i + x_t @ dw_i + h_{t-1} @ dw_h + db)   # hoisted: [T*B, ...] matmuls
+         + dh_{t-1} @ w_h                                   # the only matmul in the loop
+
+JAX transposes this linear map for reverse mode, so the backward pass is a
+reverse scan that only carries `dh, dc`, and the weight gradients and `dxs`
+are each one large matrix product over all `T*B` rows. Forward mode (`jvp`,
+`jacfwd`) and `vmap` keep working, because the rule is a JVP, not a VJP.
+
+The kernels reproduce the cells' `apply` under `unroll`'s semantics (lengths as a
+`valid` mask, resets to the zero initial carry, `reverse`), and are attached to
+the built-in `apply` functions (`attach`). A cell whose `apply` is replaced or
+wrapped loses its kernel and runs through the generic engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+KERNEL_ATTR = "_rnnjax_sequence_kernel"
+# The fast paths only run in these dtypes; bfloat16 and float16 keep the generic path,
+# whose rounding (per-step accumulation) users may rely on.
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+
+
+def attach(apply: Callable, kernel: Callable) -> Callable:
+  """Marks `apply` as having the whole-sequence `kernel`; returns `apply`."""
+  setattr(apply, KERNEL_ATTR, kernel)
+  return apply
+
+
+def kernel_of(apply: Callable) -> Callable | None:
+  return getattr(apply, KERNEL_ATTR, None)
+
+
+def supported_dtype(*arrays: Any) -> bool:
+  """All arrays share one dtype, float32 or float64 (mixed dtypes keep the generic path)."""
+  dtypes = {jnp.dtype(a.dtype) for a in arrays if a is not None}
+  return len(dtypes) == 1 and dtypes.pop() in _DTYPES
+
+
+def _zero(t: Any) -> bool:
+  return t is None or isinstance(t, SymbolicZero)
+
+
+def _add(acc: jax.Array | None, term: jax.Array | None) -> jax.Array | None:
+  if term is None:
+    return acc
+  return term if acc is None else acc + term
+
+
+def _keep(mask: jax.Array | None, v: jax.Array) -> jax.Array:
+  """`v` where `mask` (True: keep the carry), zero where a reset happens."""
+  return v if mask is None else jnp.where(mask, v, jnp.zeros_like(v))
+
+
+def _select(mask: jax.Array | None, a: jax.Array, b: jax.Array) -> jax.Array:
+  return a if mask is None else jnp.where(mask, a, b)
+
+
+def _flat(a: jax.Array) -> jax.Array:
+  return a.reshape(-1, a.shape[-1])
+
+
+def _matmul_rows(a: jax.Array, w: jax.Array) -> jax.Array:
+  """`a: [T, B, K] @ w: [K, N]` as one `[T*B, K] @ [K, N]` product."""
+  return (_flat(a) @ w).reshape(*a.shape[:-1], w.shape[-1])
+
+
+# ----------------------------------------------------------------------------- LSTM
+
+
+def _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, *, reverse, unroll, save):
+  def step(carry, inputs):
+    h, c = carry
+    x, v, k = inputs
+    hp, cp = _keep(k, h), _keep(k, c)
+    z = x @ w_i
+    if b_i is not None:
+      z = z + b_i
+    zh = hp @ w_h
+    if b_h is not None:
+      zh = zh + b_h
+    i, f, g, o = jnp.split(z + zh, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c1 = f * cp + i * g
+    tc = jnp.tanh(c1)
+    h1 = o * tc
+    y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
+    new = (_select(v, h1, h), _select(v, c1, c))
+    return new, (y, (i, f, g, o, tc, hp, cp) if save else ())
+
+  (h, c), (ys, res) = jax.lax.scan(step, (h0, c0), (xs, valid, keep), reverse=reverse,
+                                   unroll=unroll)
+  return (ys, (h, c)), res
+
+
+def _lstm_jvp(reverse, unroll, primals, tangents):
+  w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep = primals
+  dw_i, dw_h, db_i, db_h, dxs, dh0, dc0 = tangents[:7]
+  out, (i, f, g, o, tc, hp, cp) = _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep,
+                                             reverse=reverse, unroll=unroll, save=True)
+  # Every tangent term that does not depend on the recurrent state, as big matmuls.
+  dpre = None
+  if not _zero(dxs):
+    dpre = _add(dpre, _matmul_rows(dxs, w_i))
+  if not _zero(dw_i):
+    dpre = _add(dpre, _matmul_rows(xs, dw_i))
+  if not _zero(dw_h):
+    dpre = _add(dpre, _matmul_rows(hp, dw_h))
+  for db in (db_i, db_h):
+    if not _zero(db):
+      dpre = _add(dpre, jnp.broadcast_to(db, i.shape[:-1] + db.shape))
+  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
+  # The activations' derivatives, for all steps at once: the loop below then holds
+  # only operations linear in the tangents, so reverse mode runs no extra forward loop.
+  coef = jnp.concatenate([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
+  d_tc = o * (1 - tc * tc)
+
+  def step(carry, inputs):
+    dh, dc = carry
+    dp, coef_, i_, f_, g_, tc_, cp_, d_tc_, v, k = inputs
+    dhp, dcp = _keep(k, dh), _keep(k, dc)
+    dz = dhp @ w_h
+    if dp is not None:
+      dz = dz + dp
+    di, df, dg, do = jnp.split(dz * coef_, 4, axis=-1)
+    dc1 = df * cp_ + f_ * dcp + di * g_ + i_ * dg
+    dh1 = do * tc_ + d_tc_ * dc1
+    dy = dh1 if v is None else jnp.where(v, dh1, jnp.zeros_like(dh1))
+    return (_select(v, dh1, dh), _select(v, dc1, dc)), dy
+
+  (dh, dc), dys = jax.lax.scan(step, (dh0, dc0),
+                               (dpre, coef, i, f, g, tc, cp, d_tc, valid, keep),
+                               reverse=reverse, unroll=unroll)
+  return out, (dys, (dh, dc))
+
+
+_lstm_core = jax.custom_jvp(
+    lambda w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, reverse, unroll: _lstm_scan(
+        w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, reverse=reverse, unroll=unroll,
+        save=False)[0],
+    nondiff_argnums=(9, 10))
+_lstm_core.defjvp(lambda reverse, unroll, primals, tangents: _lstm_jvp(
+    reverse, unroll, primals, tangents), symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------- GRU
+
+
+def _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep, *, reset_after, reverse, unroll, save):
+  size = w_h.shape[0]
+
+  def step(h, inputs):
+    x, v, k = inputs
+    hp = _keep(k, h)
+    a = x @ w_i
+    if b_i is not None:
+      a = a + b_i
+    a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
+    if reset_after:
+      hh = hp @ w_h
+      if b_h is not None:
+        hh = hh + b_h
+      hh_r, hh_z, hh_n = jnp.split(hh, 3, axis=-1)
+      r = jax.nn.sigmoid(a_r + hh_r)
+      z = jax.nn.sigmoid(a_z + hh_z)
+      n = jnp.tanh(a_n + r * hh_n)
+      aux = hh_n
+    else:
+      hh = hp @ w_h[:, :2 * size]
+      if b_h is not None:
+        hh = hh + b_h[:2 * size]
+      hh_r, hh_z = jnp.split(hh, 2, axis=-1)
+      r = jax.nn.sigmoid(a_r + hh_r)
+      z = jax.nn.sigmoid(a_z + hh_z)
+      rh = r * hp
+      hn = rh @ w_h[:, 2 * size:]
+      if b_h is not None:
+        hn = hn + b_h[2 * size:]
+      n = jnp.tanh(a_n + hn)
+      aux = rh
+    h1 = (1.0 - z) * n + z * hp
+    y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
+    return _select(v, h1, h), (y, (r, z, n, aux, hp) if save else ())
+
+  h, (ys, res) = jax.lax.scan(step, h0, (xs, valid, keep), reverse=reverse, unroll=unroll)
+  return (ys, h), res
+
+
+def _gru_jvp(reset_after, reverse, unroll, primals, tangents):
+  w_i, w_h, b_i, b_h, xs, h0, valid, keep = primals
+  dw_i, dw_h, db_i, db_h, dxs, dh0 = tangents[:6]
+  size = w_h.shape[0]
+  out, (r, z, n, aux, hp) = _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep,
+                                      reset_after=reset_after, reverse=reverse,
+                                      unroll=unroll, save=True)
+  da = None  # The input-side tangent, [T, B, 3H].
+  if not _zero(dxs):
+    da = _add(da, _matmul_rows(dxs, w_i))
+  if not _zero(dw_i):
+    da = _add(da, _matmul_rows(xs, dw_i))
+  if not _zero(db_i):
+    da = _add(da, jnp.broadcast_to(db_i, r.shape[:-1] + db_i.shape))
+  dhh = None  # The recurrent side's weight tangent, [T, B, 3H].
+  if not _zero(dw_h):
+    if reset_after:
+      dhh = _add(dhh, _matmul_rows(hp, dw_h))
+    else:
+      dhh = _add(dhh, jnp.concatenate([_matmul_rows(hp, dw_h[:, :2 * size]),
+                                       _matmul_rows(aux, dw_h[:, 2 * size:])], -1))
+  if not _zero(db_h):
+    dhh = _add(dhh, jnp.broadcast_to(db_h, r.shape[:-1] + db_h.shape))
+  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  # The activations' derivatives for all steps at once (see the LSTM).
+  d_r, d_z, d_n, one_z, hp_n = r * (1 - r), z * (1 - z), 1 - n * n, 1.0 - z, hp - n
+
+  def step(dh, inputs):
+    da_, dhh_, d_r_, d_z_, d_n_, one_z_, hp_n_, r_, z_, aux_, hp_, v, k = inputs
+    dhp = _keep(k, dh)
+    if reset_after:
+      dg = dhp @ w_h
+      if dhh_ is not None:
+        dg = dg + dhh_
+      dg_r, dg_z, dg_n = jnp.split(dg, 3, axis=-1)
+    else:
+      dg = dhp @ w_h[:, :2 * size]
+      dhh_rz, dhh_n = (None, None) if dhh_ is None else (dhh_[..., :2 * size],
+                                                          dhh_[..., 2 * size:])
+      if dhh_rz is not None:
+        dg = dg + dhh_rz
+      dg_r, dg_z = jnp.split(dg, 2, axis=-1)
+    if da_ is not None:
+      da_r, da_z, da_n = jnp.split(da_, 3, axis=-1)
+      dg_r, dg_z = dg_r + da_r, dg_z + da_z
+    dr = dg_r * d_r_
+    dz = dg_z * d_z_
+    if reset_after:
+      dn_pre = dr * aux_ + r_ * dg_n
+    else:
+      dn_pre = (dr * hp_ + r_ * dhp) @ w_h[:, 2 * size:]
+      if dhh_n is not None:
+        dn_pre = dn_pre + dhh_n
+    if da_ is not None:
+      dn_pre = dn_pre + da_n
+    dh1 = one_z_ * (dn_pre * d_n_) + dz * hp_n_ + z_ * dhp
+    dy = dh1 if v is None else jnp.where(v, dh1, jnp.zeros_like(dh1))
+    return _select(v, dh1, dh), dy
+
+  dh, dys = jax.lax.scan(step, dh0, (da, dhh, d_r, d_z, d_n, one_z, hp_n, r, z, aux, hp, valid,
+                                     keep), reverse=reverse, unroll=unroll)
+  return out, (dys, dh)
+
+
+_gru_core = jax.custom_jvp(
+    lambda w_i, w_h, b_i, b_h, xs, h0, valid, keep, reset_after, reverse, unroll: _gru_scan(
+        w_i, w_h, b_i, b_h, xs, h0, valid, keep, reset_after=reset_after, reverse=reverse,
+        unroll=unroll, save=False)[0],
+    nondiff_argnums=(8, 9, 10))
+_gru_core.defjvp(lambda reset_after, reverse, unroll, primals, tangents: _gru_jvp(
+    reset_after, reverse, unroll, primals, tangents), symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _masks(valid, keep, num_steps, rows):
+  """`[T, *batch]` bool masks to `[T, rows, 1]`, so they broadcast over features."""
+  shape = (num_steps, rows, 1)
+  return (None if valid is None else valid.reshape(shape),
+          None if keep is None else keep.reshape(shape))
+
+
+def lstm_kernel(params: Any, xs: jax.Array, carry: Any, *, valid: jax.Array | None,
+                keep: jax.Array | None, reverse: bool, unroll: int | bool):
+  """`unroll` of the built-in LSTM (without projection); None where it does not apply."""
+  if params.w_proj is not None or not supported_dtype(
+      params.w_i, params.w_h, params.b_i, params.b_h, xs, carry.h, carry.c):
+    return None
+  num_steps, *batch, size = xs.shape
+  rows = math.prod(batch)
+  x = xs.reshape(num_steps, rows, size)
+  h0 = jnp.broadcast_to(carry.h, (*batch, carry.h.shape[-1])).reshape(rows, -1)
+  c0 = jnp.broadcast_to(carry.c, (*batch, carry.c.shape[-1])).reshape(rows, -1)
+  v, k = _masks(valid, keep, num_steps, rows)
+  ys, (h, c) = _lstm_core(params.w_i, params.w_h, params.b_i, params.b_h, x, h0, c0, v, k,
+                          reverse, unroll)
+  return ys.reshape(num_steps, *batch, -1), type(carry)(h=h.reshape(*batch, -1),
+                                                         c=c.reshape(*batch, -1))
+
+
+def gru_kernel(reset_after: bool) -> Callable:
+  def kernel(params: Any, xs: jax.Array, carry: Any, *, valid: jax.Array | None,
+             keep: jax.Array | None, reverse: bool, unroll: int | bool):
+    """`unroll` of the built-in GRU; None where it does not apply."""
+    if not supported_dtype(params.w_i, params.w_h, params.b_i, params.b_h, xs, carry.h):
+      return None
+    num_steps, *batch, size = xs.shape
+    rows = math.prod(batch)
+    x = xs.reshape(num_steps, rows, size)
+    h0 = jnp.broadcast_to(carry.h, (*batch, carry.h.shape[-1])).reshape(rows, -1)
+    v, k = _masks(valid, keep, num_steps, rows)
+    ys, h = _gru_core(params.w_i, params.w_h, params.b_i, params.b_h, x, h0, v, k,
+                      reset_after, reverse, unroll)
+    return ys.reshape(num_steps, *batch, -1), type(carry)(h=h.reshape(*batch, -1))
+  return kernel
