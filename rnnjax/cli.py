@@ -1,8 +1,9 @@
-"""The `rnnjax` command line: `rnnjax train` and `rnnjax sample`.
+"""The `rnnjax` command line: `rnnjax train`, `rnnjax sample` and `rnnjax bench`.
 
 `rnnjax train` with no arguments trains the embedded default, an LSTM
 forecaster of the monthly CO2 series shipped with the package, and prints its
-held-out RMSE beside the baseline's.
+held-out RMSE beside the baseline's. `rnnjax bench` times a training step of
+rnnjax against Flax and the other installed peers (a quick run by default).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import optax
 
 import rnnjax
+from rnnjax._src import bench
 from rnnjax._src.checkpoint import Checkpointer, write_json_atomic
 
 CELLS = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu}
@@ -54,6 +56,17 @@ def _positive(kind):
     return value
   parse.__name__ = f"positive {kind.__name__}"
   return parse
+
+
+def _parsed_by(parse):
+  """An argparse `type` from a parser that raises ValueError with a full message."""
+  def wrapped(text: str):
+    try:
+      return parse(text)
+    except ValueError as err:
+      raise argparse.ArgumentTypeError(str(err)) from None
+  wrapped.__name__ = parse.__name__
+  return wrapped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--prompt", default="def ")
   s.add_argument("--temperature", type=_positive(float), default=0.8)
   s.add_argument("--seed", type=int, default=0)
+  b = sub.add_parser(
+      "bench", help="time rnnjax against Flax and the other installed peers (quick by default)",
+      description="Times a one-layer LSTM/GRU (forward, forward+backward, one Adam step) in "
+      "rnnjax, rnnjax without its fast path (rnnjax_generic), Flax, and Equinox, Haiku and "
+      "PyTorch where installed (pip install -e '.[bench]'), after checking that all compute "
+      "the same function. Prints a Markdown table; 'rnnjax / peer' below 1 means rnnjax is "
+      "faster.")
+  b.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
+  b.add_argument("--sizes", nargs="+", type=_parsed_by(bench.parse_size), metavar="B,T,I,H",
+                 help=f"batch, steps, input and hidden size (default {bench.CLI_SIZE}; "
+                 "with --full, the five benchmark sizes)")
+  b.add_argument("--repeats", type=_positive(int),
+                 help="timed calls per contender and mode (default 5; 20 with --full)")
+  b.add_argument("--full", action="store_true",
+                 help=f"all five sizes ({' '.join(bench.SIZES)}), 20 repeats")
+  b.add_argument("--contenders", type=_parsed_by(bench.parse_contenders), metavar="NAME,...",
+                 help=f"a subset of {','.join(bench.CONTENDERS)} (default: all installed; "
+                 "rnnjax, the reference, always runs)")
+  b.add_argument("--threads", type=_positive(int),
+                 help="PyTorch's threads (default: the cores this process may use)")
+  b.add_argument("--seed", type=int, default=0)
+  b.add_argument("--json-out", metavar="PATH", help="also write one JSON line per measurement "
+                 "(for benchmarks/plot_results.py)")
   return parser
 
 
@@ -347,15 +383,50 @@ def sample_text(out: str | pathlib.Path, *, length: int, prompt: str, temperatur
   return prompt + "".join(vocab[i] for i in generated)
 
 
+def run_bench(args: argparse.Namespace) -> int:
+  """`rnnjax bench`: prints a header line and a Markdown table per size and mode."""
+  sizes = args.sizes or [bench.parse_size(s) for s in (bench.SIZES if args.full
+                                                       else (bench.CLI_SIZE,))]
+  repeats = args.repeats or (20 if args.full else 5)
+  threads = args.threads or bench.default_threads()
+  bench.full_precision_on_gpu()
+  header = bench.header(threads)
+  print(f"# {header}", flush=True)
+  names = ("all installed contenders" if args.contenders is None
+           else ", ".join(dict.fromkeys(("rnnjax", *args.contenders))))
+  print(f"rnnjax bench: {args.cell} at B,T,I,H={' '.join(','.join(map(str, s)) for s in sizes)}"
+        f", {repeats} repeats, {names}", file=sys.stderr, flush=True)
+  progress = lambda row: print(f"  {row['size']} {row['mode']} {row['contender']}: "
+                               f"{row['median_ms']:.3f} ms", file=sys.stderr, flush=True)
+  if args.json_out:  # Refused before any compute; `bench.run` writes it row by row.
+    try:
+      pathlib.Path(args.json_out).write_text("")
+    except OSError as err:
+      raise UsageError(f"--json-out {args.json_out!r} cannot be written: {err}") from err
+  try:
+    rows = bench.run(args.cell, sizes, repeats=repeats, threads=threads, seed=args.seed,
+                     names=args.contenders, json_out=args.json_out,
+                     note=lambda line: print(line, file=sys.stderr, flush=True), on_row=progress)
+  except bench.MismatchError as err:
+    print(f"rnnjax bench: error: {err}", file=sys.stderr)
+    return 1
+  print(bench.table(rows))
+  if args.json_out:
+    print(f"\nrnnjax bench: {len(rows)} rows written to {args.json_out}", file=sys.stderr)
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   argv = sys.argv[1:] if argv is None else list(argv)
-  if not argv or argv[0] not in ("train", "sample", "-h", "--help"):
+  if not argv or argv[0] not in ("train", "sample", "bench", "-h", "--help"):
     argv = ["train", *argv]  # `rnnjax --task adding` means `rnnjax train --task adding`.
   args = parser.parse_args(argv)
   try:
     if args.command == "train":
       return train(resolve_config(args))
+    if args.command == "bench":
+      return run_bench(args)
     print(sample_text(args.out, length=args.length, prompt=args.prompt,
                       temperature=args.temperature, seed=args.seed))
     return 0

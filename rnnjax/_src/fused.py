@@ -79,6 +79,22 @@ def _matmul_rows(a: jax.Array, w: jax.Array) -> jax.Array:
   return (_flat(a) @ w).reshape(*a.shape[:-1], w.shape[-1])
 
 
+def _transposed(w: jax.Array) -> jax.Array:
+  """`w.T` as its own array, for the tangent loops' `_matmul_t`."""
+  return jnp.transpose(w)
+
+
+def _matmul_t(a: jax.Array, w_t: jax.Array) -> jax.Array:
+  """`a @ w_t.T`, written so that its transpose (reverse mode) is `ct @ w_t`.
+
+  Reverse mode runs the transpose of the tangent loop, where `dh @ w_h` becomes
+  `ct @ w_h.T`: a product whose right operand XLA's CPU backend reads against its
+  layout at every step. Keeping `w_h.T` as its own array makes that product a plain
+  row-major `[B, 4H] @ [4H, H]`.
+  """
+  return jax.lax.dot_general(a, w_t, (((a.ndim - 1,), (1,)), ((), ())))
+
+
 # ----------------------------------------------------------------------------- LSTM
 
 
@@ -100,11 +116,28 @@ def _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, *, reverse, unroll, 
     h1 = o * tc
     y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
     new = (_select(v, h1, h), _select(v, c1, c))
-    return new, (y, (i, f, g, o, tc, hp, cp) if save else ())
+    if not save:
+      return new, (y, ())
+    # As few stacked residuals as possible: each is one more write per step.
+    gates = jnp.concatenate([i, f, g, o], axis=-1)
+    return new, (y, (gates, c1) + (new if v is not None else ()))
 
   (h, c), (ys, res) = jax.lax.scan(step, (h0, c0), (xs, valid, keep), reverse=reverse,
                                    unroll=unroll)
-  return (ys, (h, c)), res
+  if not save:
+    return (ys, (h, c)), ()
+  gates, c1s = res[:2]
+  hs, cs = res[2:] if valid is not None else (ys, c1s)  # The carries after each step.
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  hp, cp = _keep(keep, _previous(hs, h0, reverse)), _keep(keep, _previous(cs, c0, reverse))
+  return (ys, (h, c)), (i, f, g, o, jnp.tanh(c1s), hp, cp)
+
+
+def _previous(after: jax.Array, first: jax.Array, reverse: bool) -> jax.Array:
+  """The carry before each step, from the carries after each step `[T, ...]`."""
+  if reverse:
+    return jnp.concatenate([after[1:], first[None]])
+  return jnp.concatenate([first[None], after[:-1]])
 
 
 def _lstm_jvp(reverse, unroll, primals, tangents):
@@ -130,11 +163,13 @@ def _lstm_jvp(reverse, unroll, primals, tangents):
   coef = jnp.concatenate([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
   d_tc = o * (1 - tc * tc)
 
+  w_h_t = _transposed(w_h)
+
   def step(carry, inputs):
     dh, dc = carry
     dp, coef_, i_, f_, g_, tc_, cp_, d_tc_, v, k = inputs
     dhp, dcp = _keep(k, dh), _keep(k, dc)
-    dz = dhp @ w_h
+    dz = _matmul_t(dhp, w_h_t)
     if dp is not None:
       dz = dz + dp
     di, df, dg, do = jnp.split(dz * coef_, 4, axis=-1)
