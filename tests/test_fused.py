@@ -33,6 +33,8 @@ CELLS = {
     "gru": lambda dtype=jnp.float32: rnnjax.gru(H, dtype=dtype),
     "gru_reset_before": lambda dtype=jnp.float32: rnnjax.gru(H, reset_after=False, dtype=dtype),
     "gru_no_bias": lambda dtype=jnp.float32: rnnjax.gru(H, use_bias=False, dtype=dtype),
+    "stack": lambda dtype=jnp.float32: rnnjax.stack(
+        [rnnjax.lstm(H, dtype=dtype), rnnjax.gru(H, dtype=dtype)], dropout=0.5),
 }
 _CELL_OBJECTS = {name: make() for name, make in CELLS.items()}
 
@@ -92,10 +94,10 @@ def test_fast_path_equals_plain_autodiff(name, use_lengths, use_resets, reverse,
   params = _perturbed_params(cell, seed)
   k = jax.random.split(jax.random.key(seed + 7), 4)
   xs = jax.random.normal(k[0], (T, B, I))
-  carry = jax.tree_util.tree_map(lambda a, kk: jax.random.normal(kk, a.shape),
-                                 cell.initial_carry(params, (B,)),
-                                 type(cell.initial_carry(params, (B,)))(
-                                     *jax.random.split(k[1], len(cell.initial_carry(params)))))
+  leaves, tree = jax.tree_util.tree_flatten(cell.initial_carry(params, (B,)))
+  carry = jax.tree_util.tree_unflatten(tree, [
+      jax.random.normal(kk, a.shape) for a, kk in zip(
+          leaves, jax.random.split(k[1], len(leaves)), strict=True)])
   weights = jax.random.normal(k[2], (T, B, H))
   tangents = jax.tree_util.tree_map(
       lambda a: jax.random.normal(k[3], a.shape, a.dtype), (params, xs, carry))
@@ -128,12 +130,25 @@ def test_fast_path_is_chosen_for_lstm_and_gru(name):
 @pytest.mark.parametrize("cell", [
     rnnjax.lstm(H, proj_size=2), rnnjax.lstm(H, dtype=jnp.bfloat16),
     rnnjax.gru(H, dtype=jnp.bfloat16),
-    rnnjax.elman(H), rnnjax.mgu(H), rnnjax.stack([rnnjax.lstm(H), rnnjax.lstm(H)])],
-    ids=["lstm_proj", "lstm_bf16", "gru_bf16", "elman", "mgu", "stack"])
+    rnnjax.elman(H), rnnjax.mgu(H), rnnjax.stack([rnnjax.lstm(H), rnnjax.elman(H)]),
+    rnnjax.stack([rnnjax.lstm(H), rnnjax.lstm(H, proj_size=2)])],
+    ids=["lstm_proj", "lstm_bf16", "gru_bf16", "elman", "mgu", "stack_with_elman",
+         "stack_with_proj"])
 def test_generic_path_where_no_fast_path_applies(cell):
   params = cell.init(jax.random.key(0), I)
   dtype = jax.tree_util.tree_leaves(params)[0].dtype
   assert not _uses_fast_path(cell, params, jnp.ones((T, B, I), dtype))
+
+
+def test_stack_with_active_dropout_steps_all_layers_together():
+  cell = _CELL_OBJECTS["stack"]  # dropout=0.5
+  params = cell.init(jax.random.key(0), I)
+  xs = jnp.ones((T, B, I))
+  assert _uses_fast_path(cell, params, xs)  # no key: dropout is off
+  assert not _uses_fast_path(cell, params, xs, key=jax.random.key(1))
+  no_dropout = rnnjax.stack([rnnjax.lstm(H), rnnjax.gru(H)])
+  assert _uses_fast_path(no_dropout, no_dropout.init(jax.random.key(0), I), xs,
+                         key=jax.random.key(1))
 
 
 def test_wrapped_apply_loses_the_fast_path():

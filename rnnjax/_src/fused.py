@@ -320,8 +320,16 @@ def _masks(valid, keep, num_steps, rows):
 
 
 def lstm_kernel(params: Any, xs: jax.Array, carry: Any, *, valid: jax.Array | None,
-                keep: jax.Array | None, reverse: bool, unroll: int | bool):
-  """`unroll` of the built-in LSTM (without projection); None where it does not apply."""
+                keep: jax.Array | None, reverse: bool, unroll: int | bool, key: Any = None):
+  """`unroll` of the built-in LSTM (without projection); None where it does not apply.
+
+  A kernel takes `unroll`'s inputs after its checks: `xs: [T, *batch, I]`, the
+  carry, `valid` (`[T, *batch]`, False at padded steps), `keep` (`[T, *batch]`,
+  False where the carry resets to zeros before the step), `reverse`, `unroll` and
+  the step key (ignored: the built-in cells are deterministic). It returns
+  `(ys, final_carry)`, or None, before computing anything, to ask for the
+  generic path.
+  """
   if params.w_proj is not None or not supported_dtype(
       params.w_i, params.w_h, params.b_i, params.b_h, xs, carry.h, carry.c):
     return None
@@ -339,7 +347,7 @@ def lstm_kernel(params: Any, xs: jax.Array, carry: Any, *, valid: jax.Array | No
 
 def gru_kernel(reset_after: bool) -> Callable:
   def kernel(params: Any, xs: jax.Array, carry: Any, *, valid: jax.Array | None,
-             keep: jax.Array | None, reverse: bool, unroll: int | bool):
+             keep: jax.Array | None, reverse: bool, unroll: int | bool, key: Any = None):
     """`unroll` of the built-in GRU; None where it does not apply."""
     if not supported_dtype(params.w_i, params.w_h, params.b_i, params.b_h, xs, carry.h):
       return None

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
+from rnnjax._src import fused as fused_lib
 from rnnjax._src import unroll as unroll_lib
 
 Cell = cell_lib.Cell
@@ -176,6 +177,32 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
         x = drop(i, drop_keys[i], x)
       return tuple(new_carry), x
 
+    kernels = [fused_lib.kernel_of(cell.apply) for cell in layers]
+    if all(k is not None for k in kernels):
+      # Every layer has a whole-sequence fast path: run them one after another over
+      # the sequence (the same function as stepping all layers together, since each
+      # layer's step t only reads the layer below at step t).
+      def run_kernels(params, xs, carry, opts):
+        new_carry = []
+        for kern, p, c in zip(kernels, params, carry, strict=True):
+          out = kern(p, xs, c, **opts)
+          if out is None:
+            return None
+          xs, c = out
+          new_carry.append(c)
+        return xs, tuple(new_carry)
+
+      def kernel(params, xs, carry, *, valid, keep, reverse, unroll, key=None):
+        if key is not None and rate > 0.0:
+          return None  # Dropout draws per-step masks: keep the step-wise path.
+        opts = dict(valid=valid, keep=keep, reverse=reverse, unroll=unroll)
+        # Every layer must accept (a shape-only trial, so a refusal by a later
+        # layer leaves nothing of the earlier ones in the program).
+        if jax.eval_shape(lambda: run_kernels(params, xs, carry, opts)) is None:
+          return None
+        return run_kernels(params, xs, carry, opts)
+
+      fused_lib.attach(apply_cell, kernel)
     return Cell(init, initial_carry, apply_cell, input_size=input_size)
 
   def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):

@@ -139,7 +139,8 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     key: optional PRNG key for cells with randomness (dropout in a `stack`); it is
       split into one key per step. Without it such cells run deterministically.
     fused: use the cell's whole-sequence fast path when it has one (the built-in
-      `lstm` without `proj_size`, and `gru`; float32 or float64; `remat` off).
+      `lstm` without `proj_size`, `gru`, and a `stack` of them without active
+      dropout; float32 or float64; `remat` off).
       It computes the same outputs and carries, and gradients whose weight terms
       are one large matrix product each instead of `T` small ones. `False`
       forces the generic `lax.scan` over `cell.apply`.
@@ -182,16 +183,18 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     if valid is not None:
       resets = resets & (time + 1 < lengths)
   kernel = fused_lib.kernel_of(cell.apply) if fused and remat is False else None
-  if kernel is not None:  # The built-in cells ignore `key`.
+  if kernel is not None:
     keep = None if resets is None else ~resets
     if reverse and lengths is not None:
       idx = jnp.where(time < lengths, lengths - 1 - time, time)
       xs_r, keep_r = _take_time((xs, keep), idx)
-      out = kernel(params, xs_r, carry, valid=valid, keep=keep_r, reverse=False, unroll=unroll)
+      out = kernel(params, xs_r, carry, valid=valid, keep=keep_r, reverse=False, unroll=unroll,
+                   key=key)
       if out is not None:
         return _take_time(out[0], idx), out[1]
     else:
-      out = kernel(params, xs, carry, valid=valid, keep=keep, reverse=reverse, unroll=unroll)
+      out = kernel(params, xs, carry, valid=valid, keep=keep, reverse=reverse, unroll=unroll,
+                   key=key)
       if out is not None:
         return out
   keys = None if key is None else jax.random.split(key, num_steps)
