@@ -67,7 +67,6 @@ def main() -> None:
   if repeats < 1:
     parser.error(f"--repeats must be positive, got {repeats}")
   threads = args.threads or bench.default_threads()
-  bench.full_precision_on_gpu()
   header = bench.header(threads)
   print(f"# {header}", flush=True)
   try:

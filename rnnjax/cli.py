@@ -389,7 +389,6 @@ def run_bench(args: argparse.Namespace) -> int:
                                                        else (bench.CLI_SIZE,))]
   repeats = args.repeats or (20 if args.full else 5)
   threads = args.threads or bench.default_threads()
-  bench.full_precision_on_gpu()
   header = bench.header(threads)
   print(f"# {header}", flush=True)
   names = ("all installed contenders" if args.contenders is None
