@@ -128,9 +128,8 @@ def _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, *, reverse, unroll, 
     return (ys, (h, c)), ()
   gates, c1s = res[:2]
   hs, cs = res[2:] if valid is not None else (ys, c1s)  # The carries after each step.
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
   hp, cp = _keep(keep, _previous(hs, h0, reverse)), _keep(keep, _previous(cs, c0, reverse))
-  return (ys, (h, c)), (i, f, g, o, jnp.tanh(c1s), hp, cp)
+  return (ys, (h, c)), (gates, c1s, hp, cp)
 
 
 def _previous(after: jax.Array, first: jax.Array, reverse: bool) -> jax.Array:
@@ -143,8 +142,8 @@ def _previous(after: jax.Array, first: jax.Array, reverse: bool) -> jax.Array:
 def _lstm_jvp(reverse, unroll, primals, tangents):
   w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep = primals
   dw_i, dw_h, db_i, db_h, dxs, dh0, dc0 = tangents[:7]
-  out, (i, f, g, o, tc, hp, cp) = _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep,
-                                             reverse=reverse, unroll=unroll, save=True)
+  out, (gates, c1s, hp, cp) = _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep,
+                                         reverse=reverse, unroll=unroll, save=True)
   # Every tangent term that does not depend on the recurrent state, as big matmuls.
   dpre = None
   if not _zero(dxs):
@@ -155,31 +154,31 @@ def _lstm_jvp(reverse, unroll, primals, tangents):
     dpre = _add(dpre, _matmul_rows(hp, dw_h))
   for db in (db_i, db_h):
     if not _zero(db):
-      dpre = _add(dpre, jnp.broadcast_to(db, i.shape[:-1] + db.shape))
+      dpre = _add(dpre, jnp.broadcast_to(db, gates.shape[:-1] + db.shape))
   dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
   dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
-  # The activations' derivatives, for all steps at once: the loop below then holds
-  # only operations linear in the tangents, so reverse mode runs no extra forward loop.
-  coef = jnp.concatenate([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], -1)
-  d_tc = o * (1 - tc * tc)
-
   w_h_t = _transposed(w_h)
 
+  # Checkpointed, so that reverse mode saves only the gates and cells of the forward
+  # pass and recomputes the activations' derivatives inside its loop.
+  @jax.checkpoint
   def step(carry, inputs):
     dh, dc = carry
-    dp, coef_, i_, f_, g_, tc_, cp_, d_tc_, v, k = inputs
+    dp, gates_, c1_, cp_, v, k = inputs
+    i_, f_, g_, o_ = jnp.split(gates_, 4, axis=-1)
+    tc_ = jnp.tanh(c1_)
+    coef = jnp.concatenate([i_ * (1 - i_), f_ * (1 - f_), 1 - g_ * g_, o_ * (1 - o_)], -1)
     dhp, dcp = _keep(k, dh), _keep(k, dc)
     dz = _matmul_t(dhp, w_h_t)
     if dp is not None:
       dz = dz + dp
-    di, df, dg, do = jnp.split(dz * coef_, 4, axis=-1)
+    di, df, dg, do = jnp.split(dz * coef, 4, axis=-1)
     dc1 = df * cp_ + f_ * dcp + di * g_ + i_ * dg
-    dh1 = do * tc_ + d_tc_ * dc1
+    dh1 = do * tc_ + (o_ * (1 - tc_ * tc_)) * dc1
     dy = dh1 if v is None else jnp.where(v, dh1, jnp.zeros_like(dh1))
     return (_select(v, dh1, dh), _select(v, dc1, dc)), dy
 
-  (dh, dc), dys = jax.lax.scan(step, (dh0, dc0),
-                               (dpre, coef, i, f, g, tc, cp, d_tc, valid, keep),
+  (dh, dc), dys = jax.lax.scan(step, (dh0, dc0), (dpre, gates, c1s, cp, valid, keep),
                                reverse=reverse, unroll=unroll)
   return out, (dys, (dh, dc))
 
@@ -230,49 +229,64 @@ def _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep, *, reset_after, reverse, 
       aux = rh
     h1 = (1.0 - z) * n + z * hp
     y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
-    return _select(v, h1, h), (y, (r, z, n, aux, hp) if save else ())
+    new = _select(v, h1, h)
+    if not save:
+      return new, (y, ())
+    gates = jnp.concatenate([r, z, n], axis=-1)
+    return new, (y, (gates,) + ((aux,) if reset_after else ()) + ((new,) if v is not None else ()))
 
   h, (ys, res) = jax.lax.scan(step, h0, (xs, valid, keep), reverse=reverse, unroll=unroll)
-  return (ys, h), res
+  if not save:
+    return (ys, h), ()
+  gates, res = res[0], res[1:]
+  hh_n = None
+  if reset_after:
+    hh_n, res = res[0], res[1:]
+  hp = _keep(keep, _previous(res[0] if valid is not None else ys, h0, reverse))
+  return (ys, h), (gates, hh_n, hp)
 
 
 def _gru_jvp(reset_after, reverse, unroll, primals, tangents):
   w_i, w_h, b_i, b_h, xs, h0, valid, keep = primals
   dw_i, dw_h, db_i, db_h, dxs, dh0 = tangents[:6]
   size = w_h.shape[0]
-  out, (r, z, n, aux, hp) = _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep,
-                                      reset_after=reset_after, reverse=reverse,
-                                      unroll=unroll, save=True)
+  out, (gates, hh_n, hp) = _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep,
+                                     reset_after=reset_after, reverse=reverse,
+                                     unroll=unroll, save=True)
+  rows = gates.shape[:-1]
   da = None  # The input-side tangent, [T, B, 3H].
   if not _zero(dxs):
     da = _add(da, _matmul_rows(dxs, w_i))
   if not _zero(dw_i):
     da = _add(da, _matmul_rows(xs, dw_i))
   if not _zero(db_i):
-    da = _add(da, jnp.broadcast_to(db_i, r.shape[:-1] + db_i.shape))
+    da = _add(da, jnp.broadcast_to(db_i, rows + db_i.shape))
   dhh = None  # The recurrent side's weight tangent, [T, B, 3H].
   if not _zero(dw_h):
     if reset_after:
       dhh = _add(dhh, _matmul_rows(hp, dw_h))
     else:
+      rh = gates[..., :size] * hp
       dhh = _add(dhh, jnp.concatenate([_matmul_rows(hp, dw_h[:, :2 * size]),
-                                       _matmul_rows(aux, dw_h[:, 2 * size:])], -1))
+                                       _matmul_rows(rh, dw_h[:, 2 * size:])], -1))
   if not _zero(db_h):
-    dhh = _add(dhh, jnp.broadcast_to(db_h, r.shape[:-1] + db_h.shape))
+    dhh = _add(dhh, jnp.broadcast_to(db_h, rows + db_h.shape))
   dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
-  # The activations' derivatives for all steps at once (see the LSTM).
-  d_r, d_z, d_n, one_z, hp_n = r * (1 - r), z * (1 - z), 1 - n * n, 1.0 - z, hp - n
+  w_h_t = _transposed(w_h[:, :2 * size] if not reset_after else w_h)
+  w_hn_t = None if reset_after else _transposed(w_h[:, 2 * size:])
 
+  # Checkpointed, as the LSTM's: reverse mode saves only the gates (and `hh_n`).
+  @jax.checkpoint
   def step(dh, inputs):
-    da_, dhh_, d_r_, d_z_, d_n_, one_z_, hp_n_, r_, z_, aux_, hp_, v, k = inputs
+    da_, dhh_, gates_, hh_n_, hp_, v, k = inputs
+    r_, z_, n_ = jnp.split(gates_, 3, axis=-1)
     dhp = _keep(k, dh)
+    dg = _matmul_t(dhp, w_h_t)
     if reset_after:
-      dg = dhp @ w_h
       if dhh_ is not None:
         dg = dg + dhh_
       dg_r, dg_z, dg_n = jnp.split(dg, 3, axis=-1)
     else:
-      dg = dhp @ w_h[:, :2 * size]
       dhh_rz, dhh_n = (None, None) if dhh_ is None else (dhh_[..., :2 * size],
                                                           dhh_[..., 2 * size:])
       if dhh_rz is not None:
@@ -281,22 +295,22 @@ def _gru_jvp(reset_after, reverse, unroll, primals, tangents):
     if da_ is not None:
       da_r, da_z, da_n = jnp.split(da_, 3, axis=-1)
       dg_r, dg_z = dg_r + da_r, dg_z + da_z
-    dr = dg_r * d_r_
-    dz = dg_z * d_z_
+    dr = dg_r * (r_ * (1 - r_))
+    dz = dg_z * (z_ * (1 - z_))
     if reset_after:
-      dn_pre = dr * aux_ + r_ * dg_n
+      dn_pre = dr * hh_n_ + r_ * dg_n
     else:
-      dn_pre = (dr * hp_ + r_ * dhp) @ w_h[:, 2 * size:]
+      dn_pre = _matmul_t(dr * hp_ + r_ * dhp, w_hn_t)
       if dhh_n is not None:
         dn_pre = dn_pre + dhh_n
     if da_ is not None:
       dn_pre = dn_pre + da_n
-    dh1 = one_z_ * (dn_pre * d_n_) + dz * hp_n_ + z_ * dhp
+    dh1 = (1.0 - z_) * (dn_pre * (1 - n_ * n_)) + dz * (hp_ - n_) + z_ * dhp
     dy = dh1 if v is None else jnp.where(v, dh1, jnp.zeros_like(dh1))
     return _select(v, dh1, dh), dy
 
-  dh, dys = jax.lax.scan(step, dh0, (da, dhh, d_r, d_z, d_n, one_z, hp_n, r, z, aux, hp, valid,
-                                     keep), reverse=reverse, unroll=unroll)
+  dh, dys = jax.lax.scan(step, dh0, (da, dhh, gates, hh_n, hp, valid, keep), reverse=reverse,
+                         unroll=unroll)
   return out, (dys, dh)
 
 
