@@ -11,6 +11,10 @@ from rnnjax._src.cells.lstm import LSTMState as LSTMState
 from rnnjax._src.cells.lstm import lstm as lstm
 from rnnjax._src.cells.mgu import MGUParams as MGUParams
 from rnnjax._src.cells.mgu import mgu as mgu
+from rnnjax._src.cells.minimal import MinGRUParams as MinGRUParams
+from rnnjax._src.cells.minimal import MinLSTMParams as MinLSTMParams
+from rnnjax._src.cells.minimal import mingru as mingru
+from rnnjax._src.cells.minimal import minlstm as minlstm
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
@@ -18,9 +22,13 @@ from rnnjax._src.layers import Layer as Layer
 from rnnjax._src.layers import bidirectional as bidirectional
 from rnnjax._src.layers import rnn as rnn
 from rnnjax._src.layers import stack as stack
+from rnnjax._src.linear import LinearRecurrence as LinearRecurrence
+from rnnjax._src.linear import with_recurrence as with_recurrence
 from rnnjax._src.model import SequenceModel as SequenceModel
 from rnnjax._src.model import SequenceModelParams as SequenceModelParams
 from rnnjax._src.model import sequence_model as sequence_model
+from rnnjax._src.parallel import auto_engine as auto_engine
+from rnnjax._src.parallel import parallel_unroll as parallel_unroll
 from rnnjax._src.train import FitResult as FitResult
 from rnnjax._src.train import TrainState as TrainState
 from rnnjax._src.train import fit as fit
@@ -43,10 +51,14 @@ __all__ = (
     "LSTMParams",
     "LSTMState",
     "Layer",
+    "LinearRecurrence",
     "MGUParams",
+    "MinGRUParams",
+    "MinLSTMParams",
     "SequenceModel",
     "SequenceModelParams",
     "TrainState",
+    "auto_engine",
     "bidirectional",
     "elman",
     "fit",
@@ -54,10 +66,14 @@ __all__ = (
     "lstm",
     "make_train_step",
     "mgu",
+    "mingru",
+    "minlstm",
+    "parallel_unroll",
     "rnn",
     "sequence_model",
     "stack",
     "train_state",
     "truncated_unroll",
     "unroll",
+    "with_recurrence",
 )

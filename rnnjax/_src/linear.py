@@ -1,0 +1,62 @@
+"""The linear-recurrence contract: cells whose carry update is `h_t = a_t * h_{t-1} + b_t`.
+
+A linear cell is an ordinary `Cell` (it runs step by step in `unroll`, `stack`
+and `bidirectional`) that also declares its recurrence over a whole sequence,
+so that `rnnjax.parallel_unroll` can run it as a parallel prefix scan::
+
+  coefficients     :: (params, xs[T, ..., I]) -> (a[T, ..., S], b[T, ..., S])
+  readout          :: (params, hs[T, ..., S], xs[T, ..., I]) -> ys[T, ..., O]
+  log_coefficients :: (params, xs[T, ..., I]) -> (log_a, log_b)   # optional
+
+`a` and `b` are elementwise (diagonal) and may be complex (the LRU). The carry
+of a linear cell is `HiddenState(h)` with `h: [..., S]`. `readout=None` means
+`ys = hs`. `log_coefficients`, for recurrences with `a, b > 0` (minGRU/minLSTM in
+their log-space form), gives `log a` and `log b`; the parallel engine then scans
+in log space, as the papers do, and needs a carry `h >= 0`.
+
+The recurrence is attached to the cell's `apply` (`with_recurrence`); a cell
+whose `apply` is replaced loses it, and `parallel_unroll` then refuses the cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from rnnjax._src import cell as cell_lib
+
+_ATTR = "_rnnjax_linear_recurrence"
+
+
+class LinearRecurrence(NamedTuple):
+  """A cell's recurrence `h_t = a_t * h_{t-1} + b_t` over a whole sequence.
+
+  Attributes:
+    coefficients: `(params, xs: [T, ..., I]) -> (a, b)`, each `[T, ..., S]`.
+    readout: `(params, hs: [T, ..., S], xs: [T, ..., I]) -> ys: [T, ..., O]`, or
+      None for `ys = hs`.
+    log_coefficients: optional `(params, xs) -> (log_a, log_b)` for recurrences
+      with `a, b > 0`; the parallel engine then runs in log space.
+  """
+
+  coefficients: Callable[[Any, Any], tuple[Any, Any]]
+  readout: Callable[[Any, Any, Any], Any] | None = None
+  log_coefficients: Callable[[Any, Any], tuple[Any, Any]] | None = None
+
+
+def with_recurrence(cell: cell_lib.Cell, recurrence: LinearRecurrence) -> cell_lib.Cell:
+  """`cell` with `recurrence` attached, so that `parallel_unroll` can run it.
+
+  The cell's `apply` must compute the same step as `recurrence` (with carry
+  `HiddenState(h)`); the engines' tests check this for the built-in cells.
+  """
+  def apply(params, carry, x, *, key=None):
+    return cell.apply(params, carry, x, key=key)
+
+  setattr(apply, _ATTR, recurrence)
+  return cell._replace(apply=apply)
+
+
+def recurrence_of(cell: cell_lib.Cell) -> LinearRecurrence | None:
+  """The recurrence attached to `cell.apply`, or None."""
+  return getattr(cell.apply, _ATTR, None)

@@ -1,0 +1,211 @@
+"""The parallel engine: linear cells over time as a prefix scan (`jax.lax.associative_scan`).
+
+A linear cell's carry follows `h_t = a_t * h_{t-1} + b_t` (elementwise). Pairs
+`(a, b)` compose associatively, `(a1, b1) • (a2, b2) = (a1 * a2, a2 * b1 + b2)`,
+so all `h_t` come out of one prefix scan of depth `log T`. `unroll`'s options
+become edits of the pairs before the scan:
+
+- the initial carry folds into the first step: `b_0 <- a_0 * h + b_0`;
+- a reset before step `t` restarts from `h̄ = initial_carry`: `(a_t, b_t) <- (0, a_t * h̄ + b_t)`;
+- a padded step keeps the carry: `(a_t, b_t) <- (1, 0)`, and its output is zero;
+- `reverse` (with lengths) permutes each valid prefix exactly as `unroll` does.
+
+In log space (minGRU/minLSTM's `log_space=True`), pairs are `(log a, log b)`
+and compose as `(la1 + la2, logaddexp(lb1 + la2, lb2))`; zero is a large
+negative number, so gradients stay finite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src import linear as linear_lib
+from rnnjax._src import unroll as unroll_lib
+from rnnjax._src.cells import common
+
+_FN = "rnnjax.parallel_unroll"
+ENGINES = ("auto", "sequential", "parallel", "chunked")
+DEFAULT_CHUNK = 128
+# `log 0` in the log-space scan: finite, so that `logaddexp` of two of them has a finite
+# gradient; sums of up to ~1e8 of them stay inside float32's range.
+_LOG_ZERO = -1e30
+# engine="auto": the sequence length from which the parallel engines beat `lax.scan`,
+# per backend, from `python benchmarks/linear_engines.py` (see benchmarks/RESULTS.md).
+AUTO_THRESHOLDS = {"cpu": ("chunked", 1 << 62), "gpu": ("parallel", 0), "tpu": ("parallel", 0)}
+
+
+def _combine(left, right):
+  a1, b1 = left
+  a2, b2 = right
+  return a1 * a2, a2 * b1 + b2
+
+
+def _combine_log(left, right):
+  la1, lb1 = left
+  la2, lb2 = right
+  return la1 + la2, jnp.logaddexp(lb1 + la2, lb2)
+
+
+def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
+  return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def _safe_log(h: jax.Array) -> jax.Array:
+  positive = h > 0
+  return jnp.where(positive, jnp.log(jnp.where(positive, h, jnp.ones_like(h))),
+                   jnp.full_like(h, _LOG_ZERO))
+
+
+def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
+  """All carries `h_t`, `[T, ..., S]`, from pairs `[T, ..., S]` and `h0: [..., S]`."""
+  combine = _combine_log if log_space else _combine
+
+  def fold(a, b, h):  # The carry enters through the first step's `b`.
+    first = (jnp.logaddexp(a[0] + h, b[0]) if log_space else a[0] * h + b[0])
+    return b.at[0].set(first)
+
+  if engine == "parallel":
+    return jax.lax.associative_scan(combine, (a, fold(a, b, h0)), axis=0)[1]
+  num_steps = a.shape[0]
+  k = min(chunk, num_steps)
+  n_chunks = -(-num_steps // k)
+  pad = n_chunks * k - num_steps
+  if pad:  # Identity steps: keep the carry.
+    one = jnp.zeros_like(a[:1]) if log_space else jnp.ones_like(a[:1])
+    zero = jnp.full_like(b[:1], _LOG_ZERO) if log_space else jnp.zeros_like(b[:1])
+    a = jnp.concatenate([a, jnp.repeat(one, pad, axis=0)])
+    b = jnp.concatenate([b, jnp.repeat(zero, pad, axis=0)])
+  a = a.reshape(n_chunks, k, *a.shape[1:])
+  b = b.reshape(n_chunks, k, *b.shape[1:])
+
+  def body(h, pairs):
+    a_c, b_c = pairs
+    hs = jax.lax.associative_scan(combine, (a_c, fold(a_c, b_c, h)), axis=0)[1]
+    return hs[-1], hs
+
+  _, hs = jax.lax.scan(body, h0, (a, b))
+  return hs.reshape(n_chunks * k, *hs.shape[2:])[:num_steps]
+
+
+def auto_engine(num_steps: int, backend: str | None = None) -> str:
+  """The engine `engine="auto"` picks for `num_steps` on `backend` (default: JAX's)."""
+  backend = backend or jax.default_backend()
+  engine, threshold = AUTO_THRESHOLDS.get(backend, AUTO_THRESHOLDS["gpu"])
+  return engine if num_steps >= threshold else "sequential"
+
+
+def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+                    lengths: jax.Array | None = None, resets: jax.Array | None = None,
+                    reverse: bool = False, engine: str = "auto",
+                    chunk: int = DEFAULT_CHUNK) -> tuple[jax.Array, Any]:
+  """`unroll` for linear cells, as a sequential, parallel or chunked scan; same answers.
+
+  Same signature and semantics as `rnnjax.unroll` (initial carry, `lengths`,
+  `resets`, padding-aware `reverse`, the final carry), for cells with a
+  `LinearRecurrence` (`mingru`, `minlstm`, `lru`, `rglru`, or your own through
+  `rnnjax.with_recurrence`).
+
+  Args:
+    cell: a linear cell.
+    params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
+    engine: `"sequential"` (`lax.scan` over `cell.apply`, i.e. `unroll`),
+      `"parallel"` (one `associative_scan` over all `T` steps: depth `log T`,
+      memory `O(T)`), `"chunked"` (`lax.scan` over chunks of `chunk` steps, an
+      `associative_scan` inside each), or `"auto"`: the fastest for this backend
+      and `T`, from measurements (`rnnjax.auto_engine`).
+    chunk: the chunk length of `"chunked"`, a positive integer.
+
+  Returns:
+    `(ys, final_carry)`, as `unroll`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.mingru(8)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> xs = jax.random.normal(jax.random.key(1), (50, 2, 3))
+    >>> ys, carry = rnnjax.parallel_unroll(cell, params, xs, engine="parallel")
+    >>> ys_seq, _ = rnnjax.unroll(cell, params, xs)
+    >>> bool(jnp.allclose(ys, ys_seq, atol=1e-5))
+    True
+  """
+  if not isinstance(cell, cell_lib.Cell):
+    raise TypeError(f"{_FN}: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
+  recurrence = linear_lib.recurrence_of(cell)
+  if recurrence is None:
+    raise TypeError(
+        f"{_FN}: `cell` must be a linear cell (one with a LinearRecurrence: rnnjax.mingru, "
+        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)), got a cell without one. "
+        "Use rnnjax.unroll for other cells.")
+  if engine not in ENGINES:
+    raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
+  chunk = checks.positive_int(_FN, "chunk", chunk)
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  num_steps, batch_shape = checks.sequence_input(_FN, xs, in_size)
+  if engine == "auto":
+    engine = auto_engine(num_steps)
+  if engine == "sequential":
+    return unroll_lib.unroll(cell, params, xs, carry, lengths=lengths, resets=resets,
+                             reverse=reverse)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  else:
+    checks.carry(_FN, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
+  if lengths is not None:
+    lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
+  if resets is not None:
+    resets = checks.resets(_FN, resets, num_steps, batch_shape)
+  time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
+  valid = None
+  if lengths is not None:
+    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
+    valid = time < lengths
+  if resets is not None and reverse:  # As in `unroll`: segments end where the next begins.
+    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
+    if valid is not None:
+      resets = resets & (time + 1 < lengths)
+  idx = None
+  if reverse and lengths is not None:
+    idx = jnp.where(valid, lengths - 1 - time, time)
+    xs, resets = unroll_lib._take_time((xs, resets), idx)
+  elif reverse:
+    xs = xs[::-1]
+    resets = None if resets is None else resets[::-1]
+
+  log_space = recurrence.log_coefficients is not None
+  if log_space and not isinstance(carry.h, jax.core.Tracer) and bool(jnp.any(carry.h < 0)):
+    raise ValueError(
+        f"{_FN}: a log-space cell needs a carry h >= 0 (its recurrence keeps h positive), got "
+        f"min(carry.h)={float(jnp.min(carry.h))}.")
+  h0 = jnp.broadcast_to(carry.h, (*batch_shape, carry.h.shape[-1]))
+  h_reset = jnp.broadcast_to(cell.initial_carry(params, batch_shape).h, h0.shape)
+  if log_space:
+    a, b = recurrence.log_coefficients(params, xs)
+    h0, h_reset = _safe_log(h0), _safe_log(h_reset)
+  else:
+    a, b = recurrence.coefficients(params, xs)
+  if resets is not None:
+    r = _expand(resets, a)
+    restart_b = jnp.logaddexp(a + h_reset, b) if log_space else a * h_reset + b
+    b = jnp.where(r, restart_b, b)
+    a = jnp.where(r, jnp.full_like(a, _LOG_ZERO) if log_space else jnp.zeros_like(a), a)
+  if valid is not None:
+    v = _expand(valid, a)
+    a = jnp.where(v, a, jnp.zeros_like(a) if log_space else jnp.ones_like(a))
+    b = jnp.where(v, b, jnp.full_like(b, _LOG_ZERO) if log_space else jnp.zeros_like(b))
+  hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
+  if log_space:
+    hs = jnp.exp(hs)
+  ys = hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
+  if valid is not None:
+    ys = jnp.where(_expand(valid, ys), ys, jnp.zeros_like(ys))
+  final = common.HiddenState(h=hs[-1])
+  if idx is not None:
+    ys = unroll_lib._take_time(ys, idx)
+  elif reverse:
+    ys = ys[::-1]
+  return ys, final

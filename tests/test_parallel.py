@@ -1,0 +1,188 @@
+"""The parallel and chunked engines against the sequential one (`rnnjax.unroll`).
+
+The reference is `unroll` over `cell.apply`: a `lax.scan`, itself checked against
+NumPy loops of every option in test_unroll, and each linear cell's `apply`
+against a loop of its paper's equations in its own test file. Here every linear
+cell must give the same outputs, final carries and gradients (params, xs and
+initial carry) through `parallel_unroll(engine="parallel" | "chunked")`, to 1e-5
+relative in float32, over random lengths, resets, directions and carries.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import rnnjax
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import linear, parallel
+from rnnjax._src.cells import common
+
+T, B, I, H = 7, 3, 4, 5
+RTOL = 1e-5
+
+
+class _DiagParams(NamedTuple):
+  w_a: jax.Array
+  w_b: jax.Array
+
+
+def diagonal_cell() -> cell_lib.Cell:
+  """A user-written linear cell: `h_t = σ(x W_a) h_{t-1} + x W_b`, built on the public contract."""
+  def init(key, input_size):
+    k1, k2 = jax.random.split(key)
+    return _DiagParams(jax.random.normal(k1, (input_size, H)),
+                       jax.random.normal(k2, (input_size, H)))
+
+  def initial_carry(params, batch_shape=()):
+    return common.HiddenState(jnp.zeros((*batch_shape, H), params.w_a.dtype))
+
+  def apply(params, carry, x, *, key=None):
+    h = jax.nn.sigmoid(x @ params.w_a) * carry.h + x @ params.w_b
+    return common.HiddenState(h), h
+
+  def coefficients(params, xs):
+    return jax.nn.sigmoid(xs @ params.w_a), xs @ params.w_b
+
+  cell = cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_a.shape[0])
+  return rnnjax.with_recurrence(cell, rnnjax.LinearRecurrence(coefficients))
+
+
+def _cells() -> dict[str, cell_lib.Cell]:
+  cells = {"diagonal": diagonal_cell()}
+  for name in ("mingru", "minlstm"):
+    if hasattr(rnnjax, name):
+      make = getattr(rnnjax, name)
+      cells[name] = make(H)
+      cells[f"{name}_log"] = make(H, log_space=True)
+  if hasattr(rnnjax, "lru"):
+    cells["lru"] = rnnjax.lru(H, r_min=0.5, r_max=0.99)
+  if hasattr(rnnjax, "rglru"):
+    cells["rglru"] = rnnjax.rglru(H)
+  return cells
+
+
+CELLS = _cells()
+
+
+def _max_rel(ref, got) -> float:
+  errs = []
+  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    errs.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
+  return max(errs)
+
+
+def _random_like(key, tree, positive: bool):
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for leaf, k in zip(leaves, keys, strict=True):
+    if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+      k1, k2 = jax.random.split(k)
+      real = jnp.real(leaf).dtype
+      v = (jax.random.normal(k1, leaf.shape, real)
+           + 1j * jax.random.normal(k2, leaf.shape, real)).astype(leaf.dtype)
+    else:
+      v = jax.random.normal(k, leaf.shape, leaf.dtype)
+      v = jnp.abs(v) if positive else v
+    out.append(v)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _real_sum(tree) -> jax.Array:
+  return sum(jnp.sum(jnp.real(leaf) * 0.7 + jnp.imag(leaf) * 0.3 if jnp.iscomplexobj(leaf)
+                     else jnp.sin(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _run(name, engine, use_lengths, use_resets, reverse, params, xs, carry, lengths, resets,
+         weights):
+  cell = CELLS[name]
+  opts = dict(lengths=lengths if use_lengths else None, resets=resets if use_resets else None,
+              reverse=reverse)
+
+  def go(p, x, c):
+    if engine == "sequential":
+      return rnnjax.unroll(cell, p, x, c, **opts)
+    return rnnjax.parallel_unroll(cell, p, x, c, engine=engine, chunk=3, **opts)
+
+  def loss(p, x, c):
+    ys, final = go(p, x, c)
+    return jnp.sum(ys * weights) + _real_sum(final)
+
+  return go(params, xs, carry), jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry)
+
+
+@given(name=st.sampled_from(sorted(CELLS)), engine=st.sampled_from(["parallel", "chunked"]),
+       use_lengths=st.booleans(), use_resets=st.booleans(), reverse=st.booleans(),
+       seed=st.integers(0, 2**16),
+       lengths=hnp.arrays(np.int32, (B,), elements=st.integers(0, T)),
+       resets=hnp.arrays(np.bool_, (T, B)))
+def test_parallel_and_chunked_equal_sequential(name, engine, use_lengths, use_resets, reverse,
+                                               seed, lengths, resets):
+  cell = CELLS[name]
+  k = jax.random.split(jax.random.key(seed), 4)
+  params = cell.init(k[0], I)
+  xs = jax.random.normal(k[1], (T, B, I))
+  carry = _random_like(k[2], cell.initial_carry(params, (B,)), positive=name.endswith("_log"))
+  out_size = cell_lib.output_size(cell, params, I)
+  weights = jax.random.normal(k[3], (T, B, out_size))
+  args = (params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets), weights)
+  (ref_out, ref_grads) = _run(name, "sequential", use_lengths, use_resets, reverse, *args)
+  (out, grads) = _run(name, engine, use_lengths, use_resets, reverse, *args)
+  assert _max_rel(ref_out, out) <= RTOL
+  for ref_g, g in zip(ref_grads, grads, strict=True):
+    assert _max_rel(ref_g, g) <= RTOL
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 50])
+def test_chunk_sizes_that_do_not_divide_t(chunk):
+  cell = CELLS["diagonal"]
+  params = cell.init(jax.random.key(0), I)
+  xs = jax.random.normal(jax.random.key(1), (T, B, I))
+  ref = rnnjax.unroll(cell, params, xs)
+  got = rnnjax.parallel_unroll(cell, params, xs, engine="chunked", chunk=chunk)
+  assert _max_rel(ref, got) <= RTOL
+
+
+def test_no_batch_axes_and_auto_engine():
+  cell = CELLS["diagonal"]
+  params = cell.init(jax.random.key(0), I)
+  xs = jax.random.normal(jax.random.key(1), (T, I))
+  ref = rnnjax.unroll(cell, params, xs)
+  for engine in ("auto", "sequential", "parallel", "chunked"):
+    assert _max_rel(ref, rnnjax.parallel_unroll(cell, params, xs, engine=engine)) <= RTOL
+  assert rnnjax.auto_engine(10, "cpu") in parallel.ENGINES
+
+
+def test_errors_name_the_argument():
+  cell = CELLS["diagonal"]
+  params = cell.init(jax.random.key(0), I)
+  xs = jnp.ones((T, B, I))
+  with pytest.raises(ValueError, match=r"parallel_unroll: `engine` must be one of"):
+    rnnjax.parallel_unroll(cell, params, xs, engine="fast")
+  with pytest.raises(ValueError, match=r"`chunk`"):
+    rnnjax.parallel_unroll(cell, params, xs, engine="chunked", chunk=0)
+  lstm = rnnjax.lstm(H)
+  with pytest.raises(TypeError, match=r"`cell` must be a linear cell"):
+    rnnjax.parallel_unroll(lstm, lstm.init(jax.random.key(0), I), xs)
+  with pytest.raises(ValueError, match=r"feature size 3"):
+    rnnjax.parallel_unroll(cell, params, jnp.ones((T, B, 3)), engine="parallel")
+  with pytest.raises(ValueError, match=r"lengths"):
+    rnnjax.parallel_unroll(cell, params, xs, lengths=jnp.array([1, 2, 99]), engine="parallel")
+
+
+def test_wrapping_apply_drops_the_recurrence():
+  cell = CELLS["diagonal"]
+  assert linear.recurrence_of(cell) is not None
+  assert linear.recurrence_of(cell._replace(apply=lambda *a, **k: cell.apply(*a, **k))) is None
