@@ -6,6 +6,8 @@ from rnnjax._src.cells.elman import ElmanParams as ElmanParams
 from rnnjax._src.cells.elman import elman as elman
 from rnnjax._src.cells.gru import GRUParams as GRUParams
 from rnnjax._src.cells.gru import gru as gru
+from rnnjax._src.cells.lru import LRUParams as LRUParams
+from rnnjax._src.cells.lru import lru as lru
 from rnnjax._src.cells.lstm import LSTMParams as LSTMParams
 from rnnjax._src.cells.lstm import LSTMState as LSTMState
 from rnnjax._src.cells.lstm import lstm as lstm
@@ -15,6 +17,8 @@ from rnnjax._src.cells.minimal import MinGRUParams as MinGRUParams
 from rnnjax._src.cells.minimal import MinLSTMParams as MinLSTMParams
 from rnnjax._src.cells.minimal import mingru as mingru
 from rnnjax._src.cells.minimal import minlstm as minlstm
+from rnnjax._src.cells.rglru import RGLRUParams as RGLRUParams
+from rnnjax._src.cells.rglru import rglru as rglru
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
@@ -48,6 +52,7 @@ __all__ = (
     "FitResult",
     "GRUParams",
     "HiddenState",
+    "LRUParams",
     "LSTMParams",
     "LSTMState",
     "Layer",
@@ -55,6 +60,7 @@ __all__ = (
     "MGUParams",
     "MinGRUParams",
     "MinLSTMParams",
+    "RGLRUParams",
     "SequenceModel",
     "SequenceModelParams",
     "TrainState",
@@ -63,12 +69,14 @@ __all__ = (
     "elman",
     "fit",
     "gru",
+    "lru",
     "lstm",
     "make_train_step",
     "mgu",
     "mingru",
     "minlstm",
     "parallel_unroll",
+    "rglru",
     "rnn",
     "sequence_model",
     "stack",

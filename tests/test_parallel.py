@@ -90,8 +90,8 @@ def _random_like(key, tree, positive: bool):
     if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
       k1, k2 = jax.random.split(k)
       real = jnp.real(leaf).dtype
-      v = (jax.random.normal(k1, leaf.shape, real)
-           + 1j * jax.random.normal(k2, leaf.shape, real)).astype(leaf.dtype)
+      v = jax.lax.complex(jax.random.normal(k1, leaf.shape, real),
+                          jax.random.normal(k2, leaf.shape, real)).astype(leaf.dtype)
     else:
       v = jax.random.normal(k, leaf.shape, leaf.dtype)
       v = jnp.abs(v) if positive else v
