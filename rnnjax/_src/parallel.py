@@ -34,9 +34,14 @@ DEFAULT_CHUNK = 128
 # `log 0` in the log-space scan: finite, so that `logaddexp` of two of them has a finite
 # gradient; sums of up to ~1e8 of them stay inside float32's range.
 _LOG_ZERO = -1e30
-# engine="auto": the sequence length from which the parallel engines beat `lax.scan`,
-# per backend, from `python benchmarks/linear_engines.py` (see benchmarks/RESULTS.md).
-AUTO_THRESHOLDS = {"cpu": ("chunked", 1 << 62), "gpu": ("parallel", 0), "tpu": ("parallel", 0)}
+# engine="auto", per backend: (the engine, the shortest T from which it beats `lax.scan`),
+# or None where `lax.scan` was fastest at every T measured. From
+# `python benchmarks/linear_engines.py` over T = 256..65,536 (benchmarks/RESULTS.md): on the
+# 2-core CPU, sequential won at every T (the parallel scan does ~2x the work and a CPU has
+# no width to spend it on); on an H100, "parallel" won at every T, by 14x at T=256. TPUs
+# were not measured; they get the GPU's choice.
+AUTO_THRESHOLDS: dict[str, tuple[str, int] | None] = {
+    "cpu": None, "gpu": ("parallel", 0), "tpu": ("parallel", 0)}
 
 
 def _combine(left, right):
@@ -95,7 +100,10 @@ def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
 def auto_engine(num_steps: int, backend: str | None = None) -> str:
   """The engine `engine="auto"` picks for `num_steps` on `backend` (default: JAX's)."""
   backend = backend or jax.default_backend()
-  engine, threshold = AUTO_THRESHOLDS.get(backend, AUTO_THRESHOLDS["gpu"])
+  choice = AUTO_THRESHOLDS.get(backend, AUTO_THRESHOLDS["gpu"])
+  if choice is None:
+    return "sequential"
+  engine, threshold = choice
   return engine if num_steps >= threshold else "sequential"
 
 
