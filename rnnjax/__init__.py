@@ -85,3 +85,4 @@ __all__ = (
     "unroll",
     "with_recurrence",
 )
+from rnnjax import diagnostics as diagnostics

@@ -110,7 +110,8 @@ def auto_engine(num_steps: int, backend: str | None = None) -> str:
 def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
                     lengths: jax.Array | None = None, resets: jax.Array | None = None,
                     reverse: bool = False, engine: str = "auto",
-                    chunk: int = DEFAULT_CHUNK) -> tuple[jax.Array, Any]:
+                    chunk: int = DEFAULT_CHUNK, _perturbation: jax.Array | None = None
+                    ) -> tuple[jax.Array, Any]:
   """`unroll` for linear cells, as a sequential, parallel or chunked scan; same answers.
 
   Same signature and semantics as `rnnjax.unroll` (initial carry, `lengths`,
@@ -180,9 +181,13 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   if reverse and lengths is not None:
     idx = jnp.where(valid, lengths - 1 - time, time)
     xs, resets = unroll_lib._take_time((xs, resets), idx)
+    if _perturbation is not None:
+      _perturbation = unroll_lib._take_time(_perturbation, idx)
   elif reverse:
     xs = xs[::-1]
     resets = None if resets is None else resets[::-1]
+    if _perturbation is not None:
+      _perturbation = _perturbation[::-1]
 
   log_space = recurrence.log_coefficients is not None
   if log_space and not isinstance(carry.h, jax.core.Tracer) and bool(jnp.any(carry.h < 0)):
@@ -205,6 +210,9 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     v = _expand(valid, a)
     a = jnp.where(v, a, jnp.zeros_like(a) if log_space else jnp.ones_like(a))
     b = jnp.where(v, b, jnp.full_like(b, _LOG_ZERO) if log_space else jnp.zeros_like(b))
+  if _perturbation is not None:  # `rnnjax.diagnostics`: `ε_s` added to the carry that
+    # step s+1 receives (after the edits above, so resets and padding treat it as a carry).
+    b = b.at[1:].add(a[1:] * _perturbation[:-1].astype(b.dtype))
   hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
   if log_space:
     hs = jnp.exp(hs)

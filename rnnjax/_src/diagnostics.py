@@ -1,0 +1,441 @@
+"""Research diagnostics: gradient flow over time, step-Jacobian spectra, per-step records.
+
+- `gradient_norms`: `||dL/dh_t||` for every step `t` in one backward pass. A zero
+  perturbation `ε_t` is added to the carry after each step; `dL/dε_t = dL/dh_t`.
+  The perturbations enter as extra input features of a wrapped cell, so every
+  engine option (lengths, resets, reverse, the parallel engines) works unchanged.
+- `jacobian_spectrum`: the singular values of each step Jacobian `dh_t/dh_{t-1}`
+  along a trajectory (`jax.jacfwd` of one step), and the Lyapunov exponents: the
+  average log growth rates, from the QR (Benettin) iteration over the product
+  of the step Jacobians.
+- `record`: any intermediate of a cell over the whole sequence, without touching
+  the cell's code. One step is traced to a jaxpr, and a small interpreter runs it
+  inside the engine, collecting the outputs of the primitives asked for
+  (`logistic` and `tanh` by default: the gates). The normal path is untouched, so
+  it costs nothing when unused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src import checks
+from rnnjax._src import linear as linear_lib
+from rnnjax._src import parallel as parallel_lib
+from rnnjax._src import unroll as unroll_lib
+
+# ----------------------------------------------------------------------------- carries as vectors
+
+
+class _CarryLayout(NamedTuple):
+  treedef: Any
+  shapes: tuple[tuple[int, ...], ...]  # per leaf, the feature shape (after the batch axes)
+  dtypes: tuple[Any, ...]
+  sizes: tuple[int, ...]  # real features per leaf (complex leaves count twice)
+
+
+def _layout(carry: Any, batch_ndim: int) -> _CarryLayout:
+  leaves, treedef = jax.tree_util.tree_flatten(carry)
+  shapes = tuple(tuple(leaf.shape[batch_ndim:]) for leaf in leaves)
+  dtypes = tuple(jnp.dtype(leaf.dtype) for leaf in leaves)
+  sizes = tuple(math.prod(s) * (2 if jnp.issubdtype(d, jnp.complexfloating) else 1)
+                for s, d in zip(shapes, dtypes, strict=True))
+  return _CarryLayout(treedef, shapes, dtypes, sizes)
+
+
+def _to_vector(layout: _CarryLayout, carry: Any, batch_shape: tuple[int, ...]) -> jax.Array:
+  """Carry leaves `[*batch, ...]` -> one real vector `[*batch, S]` (complex: real, imag)."""
+  parts = []
+  for leaf, shape, dtype in zip(jax.tree_util.tree_leaves(carry), layout.shapes, layout.dtypes,
+                                strict=True):
+    flat = jnp.broadcast_to(leaf, (*batch_shape, *shape)).reshape(*batch_shape, -1)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      parts += [jnp.real(flat), jnp.imag(flat)]
+    else:
+      parts.append(flat)
+  return jnp.concatenate(parts, axis=-1)
+
+
+def _from_vector(layout: _CarryLayout, vec: jax.Array) -> Any:
+  """The inverse of `_to_vector`."""
+  batch_shape = vec.shape[:-1]
+  leaves, start = [], 0
+  for shape, dtype, size in zip(layout.shapes, layout.dtypes, layout.sizes, strict=True):
+    part = vec[..., start:start + size]
+    start += size
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+      half = size // 2
+      part = jax.lax.complex(part[..., :half], part[..., half:])
+    leaves.append(part.reshape(*batch_shape, *shape).astype(dtype))
+  return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- gradient norms
+
+
+class GradientNorms(NamedTuple):
+  """The result of `gradient_norms`.
+
+  Attributes:
+    norms: `[T, *batch]`, `||dL/dh_t||` over the whole carry (every leaf; for
+      complex leaves, real and imaginary parts), `h_t` the carry after step `t`.
+    leaf_norms: the same per carry leaf, a tuple in `jax.tree_util` leaf order (for
+      a `stack`: layer by layer, e.g. `(h_1, c_1, h_2, c_2)` for two LSTMs).
+    loss: the loss value.
+  """
+
+  norms: jax.Array
+  leaf_norms: tuple[jax.Array, ...]
+  loss: jax.Array
+
+
+def _perturbed_cell(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> cell_lib.Cell:
+  """`cell` whose input carries `S` extra features `ε`, added to the carry after the step."""
+  def split(x):
+    return x[..., :in_size], x[..., in_size:]
+
+  def apply(params, carry, x_eps, *, key=None):
+    x, eps = split(x_eps)
+    new, y = cell.apply(params, carry, x, key=key)
+    delta = _from_vector(layout, eps.astype(_real_dtype(layout)))
+    new = jax.tree_util.tree_map(lambda c, d: c + d.astype(c.dtype), new, delta)
+    return new, y
+
+  wrapped = cell_lib.Cell(cell.init, cell.initial_carry, apply,
+                          input_size=lambda p: in_size + sum(layout.sizes))
+  return wrapped
+
+
+def _plain_form(cell: cell_lib.Cell) -> cell_lib.Cell:
+  """A linear cell with its recurrence in plain (not log-space) form; the same function."""
+  recurrence = linear_lib.recurrence_of(cell)
+  if recurrence is None:
+    raise TypeError("rnnjax.diagnostics.gradient_norms: the parallel engines need a linear "
+                    "cell (one with a LinearRecurrence); use engine='sequential' for others.")
+  return linear_lib.with_recurrence(cell, recurrence._replace(log_coefficients=None))
+
+
+def _real_dtype(layout: _CarryLayout):
+  d = layout.dtypes[0]
+  return jnp.real(jnp.zeros((), d)).dtype
+
+
+def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
+                   loss_fn: Callable[[Any], jax.Array], carry: Any = None, *,
+                   lengths: jax.Array | None = None, resets: jax.Array | None = None,
+                   reverse: bool = False, engine: str = "sequential") -> GradientNorms:
+  """`||dL/dh_t||` for every step `t`, in one backward pass.
+
+  `L = loss_fn(ys)` with `ys, _ = unroll(cell, params, xs, carry, ...)`, and `h_t`
+  the carry that step `t` passes on to step `t + 1`: the norm measures how much
+  the loss depends on what the recurrence carries forward from step `t`, through
+  every later step (not through step `t`'s own output). Vanishing gradients show
+  as norms that fall quickly towards early steps.
+
+  Args:
+    cell: any `Cell` (built-in, a `stack` of cells, your own), or a linear cell
+      for the parallel engines.
+    params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
+    loss_fn: `ys -> scalar`.
+    engine: `"sequential"` (`rnnjax.unroll`), or `"parallel"`/`"chunked"` for linear
+      cells (`rnnjax.parallel_unroll`).
+
+  Returns:
+    A `GradientNorms` with `norms: [T, *batch]`. Padded steps get 0 (the carry
+    does not change there), and so does a step followed by a reset.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.elman(16)
+    >>> params = cell.init(jax.random.key(0), input_size=2)
+    >>> xs = jax.random.normal(jax.random.key(1), (30, 4, 2))
+    >>> g = rnnjax.diagnostics.gradient_norms(cell, params, xs, lambda ys: jnp.mean(ys[-1] ** 2))
+    >>> g.norms.shape
+    (30, 4)
+  """
+  fn = "rnnjax.diagnostics.gradient_norms"
+  if engine not in ("sequential", "parallel", "chunked"):
+    raise ValueError(f"{fn}: `engine` must be 'sequential', 'parallel' or 'chunked', "
+                     f"got {engine!r}.")
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
+  in_size = xs.shape[-1]
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  layout = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
+                   len(batch_shape))
+  eps = jnp.zeros((num_steps, *batch_shape, sum(layout.sizes)), xs.dtype)
+  opts = dict(lengths=lengths, resets=resets, reverse=reverse)
+  if engine == "sequential":
+    wrapped = _perturbed_cell(cell, layout, in_size)
+
+    def loss(eps):
+      ys, _ = unroll_lib.unroll(wrapped, params, jnp.concatenate([xs, eps], axis=-1), carry,
+                                **opts)
+      return loss_fn(ys)
+  else:
+    plain = _plain_form(cell)
+
+    def loss(eps):
+      delta = _from_vector(layout, eps.astype(_real_dtype(layout))).h
+      ys, _ = parallel_lib.parallel_unroll(plain, params, xs, carry, engine=engine,
+                                           _perturbation=delta, **opts)
+      return loss_fn(ys)
+
+  value, grad = jax.value_and_grad(loss)(eps)
+  leaf_norms, start = [], 0
+  for size in layout.sizes:
+    leaf_norms.append(jnp.sqrt(jnp.sum(grad[..., start:start + size] ** 2, axis=-1)))
+    start += size
+  return GradientNorms(jnp.sqrt(jnp.sum(grad ** 2, axis=-1)), tuple(leaf_norms), value)
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+class JacobianSpectrum(NamedTuple):
+  """The result of `jacobian_spectrum`.
+
+  Attributes:
+    singular_values: `[T, *batch, S]`, descending, of each step Jacobian
+      `dh_t/dh_{t-1}` (the carry as one real vector of `S` features).
+    lyapunov: `[*batch, S]`, descending: the average log growth rates
+      `(1/T) Σ_t log |R_t[i, i]|` of the QR iteration `Q_t R_t = J_t Q_{t-1}`.
+      The largest is the rate at which perturbations (and gradients) grow
+      (> 0) or vanish (< 0) per step.
+    jacobians: `[T, *batch, S, S]` if `return_jacobians`, else None.
+  """
+
+  singular_values: jax.Array
+  lyapunov: jax.Array
+  jacobians: jax.Array | None
+
+
+def jacobian_spectrum(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+                      return_jacobians: bool = False) -> JacobianSpectrum:
+  """Singular values of the step Jacobians `dh_t/dh_{t-1}`, and the Lyapunov exponents.
+
+  The trajectory is `unroll(cell, params, xs, carry)`; each step's Jacobian with
+  respect to the carry before it is `jax.jacfwd` of `cell.apply`. A carry with
+  several leaves (an LSTM's `(h, c)`, a stack's layers) is one vector, leaf by
+  leaf; complex leaves contribute their real and imaginary parts.
+
+  Args:
+    cell, params, xs, carry: as in `rnnjax.unroll` (no padding: run each
+      sequence's valid steps).
+    return_jacobians: also return the Jacobians themselves.
+
+  Returns:
+    A `JacobianSpectrum`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.lstm(8)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> xs = jax.random.normal(jax.random.key(1), (20, 3))
+    >>> spec = rnnjax.diagnostics.jacobian_spectrum(cell, params, xs)
+    >>> spec.singular_values.shape, spec.lyapunov.shape   # S = 16: h and c
+    ((20, 16), (16,))
+  """
+  fn = "rnnjax.diagnostics.jacobian_spectrum"
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  layout = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
+                   len(batch_shape))
+  size = sum(layout.sizes)
+  h0 = _to_vector(layout, carry, batch_shape).reshape(-1, size)
+  x_flat = xs.reshape(num_steps, -1, xs.shape[-1])
+  single = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, ()), params), 0)
+
+  def step_vec(h, x):
+    new, _ = cell.apply(params, _from_vector(single, h), x)
+    return _to_vector(single, new, ())
+
+  def one_sequence(h0, xs1):
+    def body(state, x):
+      h, q, log_r = state
+      jac = jax.jacfwd(step_vec)(h, x)
+      q, r = jnp.linalg.qr(jac @ q)
+      # Keep R's diagonal positive so that Q is continuous from step to step.
+      signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(r.dtype)
+      q = q * signs
+      log_r = log_r + jnp.log(jnp.abs(jnp.diagonal(r)))
+      sv = jnp.linalg.svd(jac, compute_uv=False)
+      return (step_vec(h, x), q, log_r), (sv, jac if return_jacobians else None)
+
+    eye = jnp.eye(size, dtype=h0.dtype)
+    (_, _, log_r), (sv, jacs) = jax.lax.scan(body, (h0, eye, jnp.zeros(size, h0.dtype)), xs1)
+    return sv, -jnp.sort(-log_r / num_steps), jacs
+
+  sv, lyap, jacs = jax.vmap(one_sequence, in_axes=(0, 1), out_axes=(1, 0, 1))(h0, x_flat)
+  sv = sv.reshape(num_steps, *batch_shape, size)
+  lyap = lyap.reshape(*batch_shape, size)
+  if jacs is not None:
+    jacs = jacs.reshape(num_steps, *batch_shape, size, size)
+  return JacobianSpectrum(sv, lyap, jacs)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+class Record(NamedTuple):
+  """One recorded intermediate of a cell's step, over the sequence.
+
+  Attributes:
+    name: `"<primitive>#<k>"`, the `k`-th selected operation of the step, in
+      program order (e.g. `logistic#0`, `logistic#1`, `tanh#0`, ...).
+    source: where the operation was written (`file:line`), to tell gates apart.
+    values: `[T, *batch, ...]`; zero at padded steps.
+  """
+
+  name: str
+  source: str
+  values: jax.Array
+
+
+_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def _sub_jaxpr(eqn) -> Any:
+  for key in _CALL_PARAMS:
+    if key in eqn.params:
+      sub = eqn.params[key]
+      return sub if hasattr(sub, "consts") else jax.extend.core.ClosedJaxpr(sub, ())
+  return None
+
+
+def _source(eqn) -> str:
+  """`file:line` of the operation, from JAX's (private) source info; `?` if unavailable."""
+  try:
+    from jax._src import source_info_util
+    frame = source_info_util.user_frame(eqn.source_info.traceback)
+  except (ImportError, AttributeError):
+    return "?"
+  return "?" if frame is None else f"{frame.file_name.rsplit('/', 1)[-1]}:{frame.start_line}"
+
+
+def _eval_recording(closed, args, select: Callable[[Any], bool], out: list, sources: list):
+  """Evaluates a closed jaxpr, appending selected equations' outputs to `out`."""
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+  jaxpr = closed.jaxpr
+  for v, c in zip(jaxpr.constvars, closed.consts, strict=True):
+    env[v] = c
+  for v, a in zip(jaxpr.invars, args, strict=True):
+    env[v] = a
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    sub = _sub_jaxpr(eqn)
+    if sub is not None and eqn.primitive.name in ("pjit", "jit", "closed_call", "core_call",
+                                                   "custom_jvp_call", "custom_vjp_call",
+                                                   "remat", "checkpoint"):
+      n = len(sub.jaxpr.invars)
+      outvals = _eval_recording(sub, invals[len(invals) - n:], select, out, sources)
+    else:
+      outvals = eqn.primitive.bind(*invals, **eqn.params)
+      if not eqn.primitive.multiple_results:
+        outvals = [outvals]
+      if select(eqn):
+        for val in outvals:
+          out.append(val)
+          sources.append((eqn.primitive.name, _source(eqn)))
+    for v, val in zip(eqn.outvars, outvals, strict=True):
+      env[v] = val
+  return [read(v) for v in jaxpr.outvars]
+
+
+def record(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+           primitives: Sequence[str] = ("logistic", "tanh"),
+           select: Callable[[Any], bool] | None = None, lengths: jax.Array | None = None,
+           resets: jax.Array | None = None, reverse: bool = False
+           ) -> tuple[Any, Any, list[Record]]:
+  """Runs `unroll` and records intermediates of every step, without changing the cell.
+
+  One step of `cell.apply` is traced to a jaxpr; the engine then runs that step
+  with a small interpreter that also returns the outputs of the selected
+  operations. By default these are every `logistic` (sigmoid) and `tanh`: for an
+  LSTM, in program order, `σ(f), σ(i), tanh(g), σ(o), tanh(c)`; `Record.source`
+  gives the line of each. Plain `unroll` is not
+  affected, so nothing is paid when `record` is not used.
+
+  Args:
+    cell, params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
+    primitives: names of the JAX primitives to record (see `jax.make_jaxpr` of
+      one step: `logistic`, `tanh`, `dot_general`, `mul`, ...).
+    select: alternatively, a predicate on a jaxpr equation (`eqn.primitive.name`,
+      `eqn.params`, ...); it overrides `primitives`.
+
+  Returns:
+    `(ys, final_carry, records)`, with `ys` and the carry as `unroll`'s and
+    `records` a list of `Record`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, rnnjax
+    >>> cell = rnnjax.lstm(8)
+    >>> params = cell.init(jax.random.key(0), input_size=3)
+    >>> ys, carry, recs = rnnjax.diagnostics.record(cell, params, jnp.ones((5, 2, 3)))
+    >>> [r.name for r in recs]
+    ['logistic#0', 'logistic#1', 'tanh#0', 'logistic#2', 'tanh#1']
+    >>> recs[0].values.shape              # σ(f), the forget gate, over time
+    (5, 2, 8)
+  """
+  fn = "rnnjax.diagnostics.record"
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  _, batch_shape = checks.sequence_input(fn, xs, in_size)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  names = tuple(primitives)
+  chooser = select or (lambda eqn: eqn.primitive.name in names)
+  carry_b = jax.tree_util.tree_map(
+      lambda leaf, s: jnp.broadcast_to(leaf, s.shape), carry,
+      jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
+  closed = jax.make_jaxpr(lambda c, x: cell.apply(params, c, x))(carry_b, xs[0])
+  sources: list = []
+  _eval_recording(closed, jax.tree_util.tree_leaves((carry_b, xs[0])), chooser, [], sources)
+  out_tree = jax.tree_util.tree_structure(jax.eval_shape(
+      lambda c, x: cell.apply(params, c, x), carry_b, xs[0]))
+
+  def apply(p, c, x, *, key=None):
+    del p, key
+    recorded: list = []
+    outs = _eval_recording(closed, jax.tree_util.tree_leaves((c, x)), chooser, recorded, [])
+    new_c, y = jax.tree_util.tree_unflatten(out_tree, outs)
+    return new_c, (y, tuple(recorded))
+
+  wrapped = cell_lib.Cell(cell.init, cell.initial_carry, apply, input_size=cell.input_size)
+  (ys, recs), final = unroll_lib.unroll(wrapped, params, xs, carry_b, lengths=lengths,
+                                        resets=resets, reverse=reverse)
+  counts: dict[str, int] = {}
+  records = []
+  for values, (prim, src) in zip(recs, sources, strict=True):
+    k = counts.get(prim, 0)
+    counts[prim] = k + 1
+    records.append(Record(f"{prim}#{k}", src, values))
+  return ys, final, records
+
+
+def summary(norms: jax.Array) -> dict[str, float]:
+  """A few numbers that describe a gradient-norm curve `[T, ...]` (mean over batch axes).
+
+  `last` is the latest step with a non-zero norm (with a loss on the final
+  outputs, the final step passes nothing on, so its norm is 0);
+  `log10_first_over_last` is how many decades the gradient loses from there back
+  to the first step (very negative: vanishing; positive: exploding).
+  """
+  curve = np.asarray(jnp.mean(norms.reshape(norms.shape[0], -1), axis=1), np.float64)
+  nonzero = np.flatnonzero(curve > 0)
+  last = float(curve[nonzero[-1]]) if nonzero.size else 0.0
+  return {"first": float(curve[0]), "last": last,
+          "log10_first_over_last": float(np.log10(max(curve[0], 1e-300) / max(last, 1e-300)))}
