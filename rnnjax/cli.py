@@ -25,7 +25,21 @@ import rnnjax
 from rnnjax._src import bench
 from rnnjax._src.checkpoint import Checkpointer, write_json_atomic
 
-CELLS = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu}
+
+def _lru(hidden: int) -> rnnjax.Cell:
+  """The LRU with `hidden` complex states and `hidden` outputs (its default is the input size)."""
+  return rnnjax.lru(hidden, output_size=hidden)
+
+
+def _rglru(hidden: int) -> rnnjax.Cell:
+  return rnnjax.rglru(hidden)
+
+
+# `--cell` choices: each builds a cell of hidden (output) size H from H. The gated cells and
+# minGRU/minLSTM have H-wide outputs; the LRU has H complex states read out to H real outputs.
+CELLS = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu,
+         "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru}
+
 # Per-task defaults, chosen so each finishes in about a minute on 2 CPU cores.
 TASK_DEFAULTS = {
     "co2": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3),
@@ -36,8 +50,9 @@ TASK_DEFAULTS = {
 }
 # Options that may differ between a run and its resumption.
 RUN_ONLY = {"out", "resume", "overwrite", "steps", "quiet", "no_plots", "eval_every",
-            "checkpoint_every", "keep"}
+            "checkpoint_every", "keep", "diagnostics"}
 OUTPUTS = ("checkpoint", "metrics.jsonl", "summary.json", "config.json", "loss.png",
+           "diagnostics.json", "diagnostics.png",
            "forecast.png", "samples.png", "samples.txt", "vocab.json")
 
 
@@ -101,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--checkpoint-every", type=int, default=500)
   t.add_argument("--keep", type=_positive(int), default=3, help="checkpoints to keep")
   t.add_argument("--no-plots", action="store_true")
+  t.add_argument("--diagnostics", action="store_true",
+                 help="measure gradient norms over time and step-Jacobian spectra on one "
+                 "training batch, at initialisation and after training: diagnostics.json/png")
   t.add_argument("--quiet", action="store_true", help="no progress line")
   s = sub.add_parser("sample", help="generate text from a trained text model")
   s.add_argument("--out", required=True, help="the run directory of `rnnjax train --task text`")
@@ -176,6 +194,13 @@ def make_model(config: dict[str, Any], task) -> rnnjax.SequenceModel:
                                vocab_size=task.vocab_size)
 
 
+def model_core(model: rnnjax.SequenceModel, config: dict[str, Any], task):
+  """The recurrent core `make_model` built (the same cells, for the diagnostics)."""
+  del model, task
+  cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
+  return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
+
+
 def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config["lr"], warmup_steps=min(100, config["steps"] // 10 + 1),
@@ -243,6 +268,12 @@ def train(config: dict[str, Any]) -> int:
         f"{task.name}, {config['steps']} steps, batch {config['batch_size']} -> {out}",
         flush=True)
   start = time.perf_counter()
+  diag = {}
+  if config.get("diagnostics"):
+    from rnnjax._src import report
+    diag_batch = task.train_batch(jax.random.fold_in(k_data, 2**31 - 1), config["batch_size"])
+    core = model_core(model, config, task)
+    diag["init"] = report.model_diagnostics(core, state.params, task, diag_batch)
   result = rnnjax.fit(
       state, step_fn, batch_fn, num_steps=config["steps"],
       steps_per_call=config["steps_per_call"], eval_fn=evaluate,
@@ -269,6 +300,13 @@ def train(config: dict[str, Any]) -> int:
       "jax": jax.__version__, "backend": jax.default_backend(), "task_info": _jsonable(task.info),
   }
   write_json_atomic(out / "summary.json", summary)
+  if diag:
+    diag[f"after {int(result.state.step)} steps"] = report.model_diagnostics(
+        core, result.state.params, task, diag_batch)
+    for name, path in zip(("JSON", "plot"), report.write(out, "diagnostics", diag,
+                                                         plots=not config["no_plots"]),
+                          strict=False):
+      print(f"diagnostics {name}: {path}", flush=True)
   if not config["no_plots"]:
     _plots(out, task, details, config)
   verdict = "beats" if beat else "does NOT beat"
