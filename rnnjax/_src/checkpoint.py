@@ -92,12 +92,18 @@ class Checkpointer:
     return self.restore_with_meta(like, step)[0]
 
   def restore_with_meta(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
-    """`restore`, plus the `meta` dict saved with the checkpoint."""
+    """`restore`, plus the `meta` dict saved with the checkpoint.
+
+    Arrays come back with the shardings of `like`'s (a `jax.Array`'s or a
+    `jax.ShapeDtypeStruct`'s), whatever devices the checkpoint was saved from: a
+    state saved on one device restores replicated onto a mesh, and back.
+    """
     step = self.latest_step() if step is None else int(step)
     if step is None:
       raise FileNotFoundError(f"rnnjax.Checkpointer: no checkpoint in {self.directory}.")
     abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, "shape") else x, like)
+        lambda x: (jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+                   if hasattr(x, "shape") else x), like)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["meta"] or {})
