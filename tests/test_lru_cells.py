@@ -499,3 +499,12 @@ def test_bad_input_sizes(name, fn, rng):
     coefficients(params, _normal(rng, (T, B, 3)))
   with pytest.raises(ValueError, match=re.escape(f"{fn} (coefficients): `xs` must have rank >= 2")):
     coefficients(params, _normal(rng, (I,)))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "elman", "mgu", "mingru", "minlstm", "lru",
+                                  "rglru"])
+def test_params_own_their_buffers(name):
+  """Train steps donate params: two leaves sharing one buffer would fail there."""
+  params = getattr(rnnjax, name)(4).init(jax.random.key(0), 3)
+  pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(params)]
+  assert len(pointers) == len(set(pointers))

@@ -130,13 +130,12 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
     # a^c = a_min + u (a_max - a_min); Λ = logit(a) = log a - log(1 - a), log a = log(a^c) / c.
     log_a = jnp.log(a_min + u * (a_max - a_min)) / c
     a_param = log_a - jnp.log(-jnp.expm1(log_a))
-    zeros = jnp.zeros((hidden_size,), dtype)
     return RGLRUParams(
         w_in=cell_lib.draw(kernel_init, k_in, (size, hidden_size), dtype),
         w_a=cell_lib.draw(kernel_init, k_a, (hidden_size, hidden_size), dtype),
-        b_a=zeros,
+        b_a=jnp.zeros((hidden_size,), dtype),
         w_x=cell_lib.draw(kernel_init, k_x, (hidden_size, hidden_size), dtype),
-        b_x=zeros,
+        b_x=jnp.zeros((hidden_size,), dtype),  # its own buffer: train steps donate params
         a_param=a_param.astype(dtype))
 
   def initial_carry(params: RGLRUParams, batch_shape: tuple[int, ...] = ()
