@@ -7,6 +7,7 @@ tiny (the adding problem with T = 20 and H = 16), and most share one configurati
 compiling, not training, is most of a tiny run's time.
 """
 
+import argparse
 import contextlib
 import functools
 import io
@@ -21,6 +22,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -394,6 +396,40 @@ def test_train_options_without_the_subcommand_mean_train(tmp_path, monkeypatch):
   assert cli.main(["train", "--task", "adding", "--steps", "5"]) == 0
   assert cli.main(["--task", "adding", "--steps", "5"]) == 0
   assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("cell", sorted(cli.CELLS))
+def test_every_cell_choice_builds_a_model_that_runs_and_trains_a_step(cell, tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(cli, "train", lambda config: seen.append(config) or 0)
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "--cell", cell]) == 0 and seen[0]["cell"] == cell
+  task = argparse.Namespace(input_size=2, output_size=1, vocab_size=None)
+  config = {"cell": cell, "hidden": 8, "layers": 1, "dropout": 0.0, "lr": 1e-3, "steps": 10,
+            "clip": 1.0}
+  model = cli.make_model(config, task)
+  params = model.init(jax.random.PRNGKey(0))
+  xs = jnp.ones((3, 4, 2))
+  preds, _ = model.apply(params, xs)
+  assert preds.shape == (3, 4, 1) and preds.dtype == jnp.float32
+  assert np.isfinite(np.asarray(preds)).all()
+  # One training step as `rnnjax train` takes it (the state's buffers donated).
+  optimizer = cli.make_optimizer(config)
+  state = rnnjax.train_state(params, optimizer, jax.random.PRNGKey(1))
+  loss_fn = lambda p, batch, key: jnp.mean((model.apply(p, batch)[0] - 1.0) ** 2)
+  state, metrics = rnnjax.make_train_step(loss_fn, optimizer)(state, xs)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_a_linear_cell_trains_on_co2_end_to_end(tmp_path):
+  out = tmp_path / "run"
+  code, stdout, stderr = _main(["train", "--cell", "mingru", "--task", "co2", "--steps", "20",
+                                "--no-plots", "--quiet", "--out", str(out)])
+  assert code == 0, stderr
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["cell"] == "mingru" and summary["steps"] == 20
+  assert np.isfinite(summary["test_rmse"])
+  assert "test_rmse" in stdout
 
 
 # --- bad input, refused before any compute -------------------------------------------------
