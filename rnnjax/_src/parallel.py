@@ -168,18 +168,8 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
   if resets is not None:
     resets = checks.resets(_FN, resets, num_steps, batch_shape)
-  time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
-  valid = None
-  if lengths is not None:
-    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
-    valid = time < lengths
-  if resets is not None and reverse:  # As in `unroll`: segments end where the next begins.
-    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
-    if valid is not None:
-      resets = resets & (time + 1 < lengths)
-  idx = None
-  if reverse and lengths is not None:
-    idx = jnp.where(valid, lengths - 1 - time, time)
+  valid, resets, idx = unroll_lib.time_masks(num_steps, batch_shape, lengths, resets, reverse)
+  if idx is not None:
     xs, resets = unroll_lib._take_time((xs, resets), idx)
     if _perturbation is not None:
       _perturbation = unroll_lib._take_time(_perturbation, idx)

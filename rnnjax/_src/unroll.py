@@ -36,6 +36,30 @@ def _take_time(tree: Any, idx: jax.Array) -> Any:
   return jax.tree_util.tree_map(take, tree)
 
 
+def time_masks(num_steps: int, batch_shape: tuple[int, ...], lengths: jax.Array | None,
+               resets: jax.Array | None, reverse: bool):
+  """The engines' view of `lengths`, `resets` and `reverse` (checked inputs).
+
+  Returns `(valid, resets, idx)`: `valid` (`[T, *batch]`, False at padded steps;
+  None without lengths), `resets` as the scan sees them (backwards, a segment
+  starts at the step before the next segment's first step), and `idx`, the
+  permutation that reverses each sequence's valid prefix in place (an
+  involution; None unless `reverse` with lengths).
+  """
+  time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
+  valid = idx = None
+  if lengths is not None:  # Any integer dtype; values beyond [0, T] act as if clipped.
+    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
+    valid = time < lengths
+  if resets is not None and reverse:
+    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
+    if valid is not None:
+      resets = resets & (time + 1 < lengths)
+  if reverse and valid is not None:
+    idx = jnp.where(valid, lengths - 1 - time, time)
+  return valid, resets, idx
+
+
 def _check_unroll(value: Any) -> int | bool:
   if isinstance(value, bool):
     return value
@@ -173,20 +197,11 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     resets = checks.resets(_FN, resets, num_steps, batch_shape)
   reset_carry = cell.initial_carry(params, batch_shape) if resets is not None else None
 
-  time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
-  if lengths is not None:  # Any integer dtype; values beyond [0, T] act as if clipped.
-    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
-  valid = None if lengths is None else time < lengths
-  if resets is not None and reverse:
-    # Backwards, a segment starts at the step before the next segment's first step.
-    resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
-    if valid is not None:
-      resets = resets & (time + 1 < lengths)
+  valid, resets, idx = time_masks(num_steps, batch_shape, lengths, resets, reverse)
   kernel = fused_lib.kernel_of(cell.apply) if fused and remat is False else None
   if kernel is not None:
     keep = None if resets is None else ~resets
-    if reverse and lengths is not None:
-      idx = jnp.where(time < lengths, lengths - 1 - time, time)
+    if idx is not None:
       xs_r, keep_r = _take_time((xs, keep), idx)
       out = kernel(params, xs_r, carry, valid=valid, keep=keep_r, reverse=False, unroll=unroll,
                    key=key)
@@ -210,10 +225,9 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     return new_c, y
 
   inputs = (xs, valid, resets, keys)
-  if reverse and lengths is not None:
+  if idx is not None:
     # Reverse each sequence's valid prefix in place, run forwards, and undo the
     # permutation (an involution) on the outputs.
-    idx = jnp.where(time < lengths, lengths - 1 - time, time)
     xs_r, resets_r = _take_time((xs, resets), idx)
     carry, ys = _scan(step, carry, (xs_r, valid, resets_r, keys), num_steps,
                       reverse=False, unroll=unroll, remat=remat)
