@@ -67,6 +67,10 @@ def _cells() -> dict[str, cell_lib.Cell]:
     cells["lru"] = rnnjax.lru(H, r_min=0.5, r_max=0.99)
   if hasattr(rnnjax, "rglru"):
     cells["rglru"] = rnnjax.rglru(H)
+  # A stack of linear cells runs layer after layer, each a scan (the stack steps all layers
+  # together in `unroll`); dropout is inactive without a key, in both.
+  cells["stack"] = rnnjax.stack([rnnjax.mingru(H), rnnjax.lru(4, r_min=0.5, output_size=H),
+                                 rnnjax.rglru(H)], dropout=0.3)
   return cells
 
 
@@ -145,6 +149,25 @@ def test_parallel_and_chunked_equal_sequential(name, engine, use_lengths, use_re
     assert _max_rel(ref_g, g) <= RTOL
 
 
+@pytest.mark.parametrize("engine", ["parallel", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_stack_of_linear_cells_with_every_option(engine, reverse):
+  name = "stack"
+  cell = CELLS[name]
+  k = jax.random.split(jax.random.key(7), 4)
+  params = cell.init(k[0], I)
+  carry = _random_like(k[2], cell.initial_carry(params, (B,)), positive=False)
+  weights = jax.random.normal(k[3], (T, B, H))
+  lengths = jnp.array([T, 4, 0])
+  resets = jnp.zeros((T, B), bool).at[2, 0].set(True).at[5, 1].set(True)
+  args = (params, jax.random.normal(k[1], (T, B, I)), carry, lengths, resets, weights)
+  (ref_out, ref_grads) = _run(name, "sequential", True, True, reverse, *args)
+  (out, grads) = _run(name, engine, True, True, reverse, *args)
+  assert _max_rel(ref_out, out) <= RTOL
+  for ref_g, g in zip(ref_grads, grads, strict=True):
+    assert _max_rel(ref_g, g) <= RTOL
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 7, 50])
 def test_chunk_sizes_that_do_not_divide_t(chunk):
   cell = CELLS["diagonal"]
@@ -178,6 +201,10 @@ def test_errors_name_the_argument():
   lstm = rnnjax.lstm(H)
   with pytest.raises(TypeError, match=r"`cell` must be a linear cell"):
     rnnjax.parallel_unroll(lstm, lstm.init(jax.random.key(0), I), xs)
+  mixed = rnnjax.stack([rnnjax.mingru(H), lstm])
+  assert not rnnjax.is_linear(mixed) and rnnjax.is_linear(rnnjax.stack([cell, cell]))
+  with pytest.raises(TypeError, match=r"`cell` must be a linear cell .* or a stack of them"):
+    rnnjax.parallel_unroll(mixed, mixed.init(jax.random.key(0), I), xs)
   with pytest.raises(ValueError, match=r"feature size 3"):
     rnnjax.parallel_unroll(cell, params, jnp.ones((T, B, 3)), engine="parallel")
   with pytest.raises(ValueError, match=r"lengths"):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
 from rnnjax._src import fused as fused_lib
+from rnnjax._src import linear as linear_lib
 from rnnjax._src import unroll as unroll_lib
 
 Cell = cell_lib.Cell
@@ -203,6 +204,9 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
         return run_kernels(params, xs, carry, opts)
 
       fused_lib.attach(apply_cell, kernel)
+    if all(linear_lib.is_linear(cell) for cell in layers):
+      # Every layer is a scan: `parallel_unroll` runs them one after another.
+      linear_lib.attach_stack(apply_cell, layers, rate)
     return Cell(init, initial_carry, apply_cell, input_size=input_size)
 
   def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):

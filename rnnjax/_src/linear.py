@@ -16,6 +16,9 @@ in log space, as the papers do, and needs a carry `h >= 0`.
 
 The recurrence is attached to the cell's `apply` (`with_recurrence`); a cell
 whose `apply` is replaced loses it, and `parallel_unroll` then refuses the cell.
+A `stack` of linear cells is not itself linear in its carry (each layer reads
+the outputs of the one below), but it runs layer after layer, each layer as a
+scan: `stack` attaches its layers (`LinearStack`) for `parallel_unroll`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, NamedTuple
 from rnnjax._src import cell as cell_lib
 
 _ATTR = "_rnnjax_linear_recurrence"
+_STACK_ATTR = "_rnnjax_linear_stack"
 
 
 class LinearRecurrence(NamedTuple):
@@ -60,3 +64,33 @@ def with_recurrence(cell: cell_lib.Cell, recurrence: LinearRecurrence) -> cell_l
 def recurrence_of(cell: cell_lib.Cell) -> LinearRecurrence | None:
   """The recurrence attached to `cell.apply`, or None."""
   return getattr(cell.apply, _ATTR, None)
+
+
+class LinearStack(NamedTuple):
+  """A `stack` whose layers are all linear cells (or such stacks).
+
+  Attributes:
+    layers: the stacked cells, bottom first.
+    dropout: the stack's dropout rate between layers (the parallel engine takes
+      no key, so it runs the stack without dropout, as `unroll` does without one).
+  """
+
+  layers: tuple[cell_lib.Cell, ...]
+  dropout: float
+
+
+def attach_stack(apply: Callable[..., Any], layers: tuple[cell_lib.Cell, ...],
+                 dropout: float) -> None:
+  """Marks a stack's `apply` as running `layers` (each linear) one after another."""
+  setattr(apply, _STACK_ATTR, LinearStack(tuple(layers), float(dropout)))
+
+
+def stack_of(cell: cell_lib.Cell) -> LinearStack | None:
+  """The linear layers attached to a stack's `apply`, or None."""
+  return getattr(cell.apply, _STACK_ATTR, None)
+
+
+def is_linear(cell: Any) -> bool:
+  """Whether `parallel_unroll` can run `cell`: a linear cell, or a stack of them."""
+  return isinstance(cell, cell_lib.Cell) and (
+      recurrence_of(cell) is not None or stack_of(cell) is not None)

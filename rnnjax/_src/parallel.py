@@ -117,10 +117,12 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   Same signature and semantics as `rnnjax.unroll` (initial carry, `lengths`,
   `resets`, padding-aware `reverse`, the final carry), for cells with a
   `LinearRecurrence` (`mingru`, `minlstm`, `lru`, `rglru`, or your own through
-  `rnnjax.with_recurrence`).
+  `rnnjax.with_recurrence`), and for a `stack` of such cells, which runs layer
+  after layer. A stack's dropout is not applied here (there is no `key`), as in
+  `unroll` without a key: train a stack with dropout through `unroll`.
 
   Args:
-    cell: a linear cell.
+    cell: a linear cell, or a `stack` of them.
     params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
     engine: `"sequential"` (`lax.scan` over `cell.apply`, i.e. `unroll`),
       `"parallel"` (one `associative_scan` over all `T` steps: depth `log T`,
@@ -145,11 +147,12 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   if not isinstance(cell, cell_lib.Cell):
     raise TypeError(f"{_FN}: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
   recurrence = linear_lib.recurrence_of(cell)
-  if recurrence is None:
+  stacked = linear_lib.stack_of(cell)
+  if recurrence is None and stacked is None:
     raise TypeError(
         f"{_FN}: `cell` must be a linear cell (one with a LinearRecurrence: rnnjax.mingru, "
-        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)), got a cell without one. "
-        "Use rnnjax.unroll for other cells.")
+        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)) or a stack of them, got "
+        "a cell without one. Use rnnjax.unroll for other cells.")
   if engine not in ENGINES:
     raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
   chunk = checks.positive_int(_FN, "chunk", chunk)
@@ -168,6 +171,18 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
   if resets is not None:
     resets = checks.resets(_FN, resets, num_steps, batch_shape)
+  if stacked is not None:
+    # Layer after layer, each a scan: the same function as stepping every layer
+    # together, since layer l's step t reads only layer l-1's output at step t (in
+    # reverse too, and a reset restarts every layer's carry at the same step).
+    if _perturbation is not None:
+      raise TypeError(f"{_FN}: carry perturbations need a single linear cell, got a stack.")
+    new_carry = []
+    for layer, p, c in zip(stacked.layers, params, carry, strict=True):
+      xs, c = parallel_unroll(layer, p, xs, c, lengths=lengths, resets=resets,
+                              reverse=reverse, engine=engine, chunk=chunk)
+      new_carry.append(c)
+    return xs, tuple(new_carry)
   valid, resets, idx = unroll_lib.time_masks(num_steps, batch_shape, lengths, resets, reverse)
   if idx is not None:
     xs, resets = unroll_lib._take_time((xs, resets), idx)
