@@ -27,6 +27,7 @@ from rnnjax._src.layers import bidirectional as bidirectional
 from rnnjax._src.layers import rnn as rnn
 from rnnjax._src.layers import stack as stack
 from rnnjax._src.linear import LinearRecurrence as LinearRecurrence
+from rnnjax._src.linear import is_linear as is_linear
 from rnnjax._src.linear import with_recurrence as with_recurrence
 from rnnjax._src.model import SequenceModel as SequenceModel
 from rnnjax._src.model import SequenceModelParams as SequenceModelParams
@@ -69,6 +70,7 @@ __all__ = (
     "elman",
     "fit",
     "gru",
+    "is_linear",
     "lru",
     "lstm",
     "make_train_step",

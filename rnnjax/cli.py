@@ -49,8 +49,9 @@ TASK_DEFAULTS = {
     "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3),
 }
 # Options that may differ between a run and its resumption.
+# The engines give the same answers, so a run may resume on another (a CPU run on a GPU).
 RUN_ONLY = {"out", "resume", "overwrite", "steps", "quiet", "no_plots", "eval_every",
-            "checkpoint_every", "keep", "diagnostics"}
+            "checkpoint_every", "keep", "diagnostics", "engine"}
 OUTPUTS = ("checkpoint", "metrics.jsonl", "summary.json", "config.json", "loss.png",
            "diagnostics.json", "diagnostics.png",
            "forecast.png", "samples.png", "samples.txt", "vocab.json")
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--window", type=_positive(int), default=None, help="training window length")
   t.add_argument("--tbptt", type=_positive(int), default=None,
                  help="truncated BPTT: stop gradients every this many steps")
+  t.add_argument("--engine", choices=("auto", "sequential", "parallel", "chunked"),
+                 default="auto", help="how a linear cell (mingru, minlstm, lru, rglru) runs "
+                 "over time: auto picks per backend and length (sequential on CPU, a parallel "
+                 "scan on GPU/TPU); parallel and chunked need a linear cell and no --tbptt "
+                 "or --dropout")
   t.add_argument("--steps-per-call", type=_positive(int), default=10,
                  help="training steps per jitted call")
   t.add_argument("--eval-every", type=int, default=500)
@@ -163,6 +169,15 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--dropout must be in [0, 1), got {config['dropout']}")
   if config["text"] is not None and args.task != "text":
     raise UsageError(f"--text is only used with --task text, got --task {args.task}")
+  engine = config.get("engine", "auto")
+  if engine in ("parallel", "chunked"):
+    if not rnnjax.is_linear(CELLS[args.cell](1)):
+      raise UsageError(f"--engine {engine} needs a linear cell (mingru, minlstm, lru, rglru), "
+                       f"got --cell {args.cell}")
+    for flag, value in (("--tbptt", config["tbptt"]), ("--dropout", config["dropout"] or None)):
+      if value is not None:
+        raise UsageError(f"--engine {engine} runs whole sequences as a scan; {flag} needs "
+                         f"--engine sequential or auto, got {flag} {value}")
   if config["eval_every"] < 0 or config["checkpoint_every"] < 0:
     raise UsageError("--eval-every and --checkpoint-every must be >= 0")
   spc = config["steps_per_call"]
@@ -191,7 +206,17 @@ def make_model(config: dict[str, Any], task) -> rnnjax.SequenceModel:
   cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
   core = cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
   return rnnjax.sequence_model(core, input_size=task.input_size, output_size=task.output_size,
-                               vocab_size=task.vocab_size)
+                               vocab_size=task.vocab_size, engine=config.get("engine", "auto"))
+
+
+def engine_used(config: dict[str, Any], num_steps: int) -> str:
+  """The engine a training step of `make_model`'s model runs, for windows of `num_steps`."""
+  engine = config.get("engine", "auto")
+  core = model_core(None, config, None)
+  if (not rnnjax.is_linear(core) or engine == "sequential" or config["tbptt"] is not None
+      or config["dropout"] > 0.0):
+    return "sequential"
+  return rnnjax.auto_engine(num_steps) if engine == "auto" else engine
 
 
 def model_core(model: rnnjax.SequenceModel, config: dict[str, Any], task):
@@ -264,9 +289,11 @@ def train(config: dict[str, Any]) -> int:
   def evaluate(params):
     return task.evaluate(lambda xs: predict_fn(params, xs))[0]
 
+  num_steps = jax.eval_shape(batch_fn, 0)["xs"].shape[0]
+  engine = engine_used(config, num_steps)
   print(f"rnnjax train: {config['cell']} x{config['layers']} (hidden {config['hidden']}) on "
-        f"{task.name}, {config['steps']} steps, batch {config['batch_size']} -> {out}",
-        flush=True)
+        f"{task.name}, {config['steps']} steps, batch {config['batch_size']}, {engine} engine "
+        f"on {jax.default_backend()} -> {out}", flush=True)
   start = time.perf_counter()
   diag = {}
   if config.get("diagnostics"):
@@ -296,6 +323,7 @@ def train(config: dict[str, Any]) -> int:
       "metric": task.metric, task.metric: value, "metrics": metrics,
       "baseline": task.baseline, "baseline_name": task.baseline_name,
       "beats_baseline": bool(beat), "steps": int(result.state.step), "wall_s": round(wall, 2),
+      "engine": engine,
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(result.state.params))),
       "jax": jax.__version__, "backend": jax.default_backend(), "task_info": _jsonable(task.info),
   }

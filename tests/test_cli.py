@@ -424,10 +424,12 @@ def test_every_cell_choice_builds_a_model_that_runs_and_trains_a_step(cell, tmp_
 def test_a_linear_cell_trains_on_co2_end_to_end(tmp_path):
   out = tmp_path / "run"
   code, stdout, stderr = _main(["train", "--cell", "mingru", "--task", "co2", "--steps", "20",
-                                "--no-plots", "--quiet", "--out", str(out)])
+                                "--engine", "parallel", "--no-plots", "--quiet", "--out",
+                                str(out)])
   assert code == 0, stderr
   summary = json.loads((out / "summary.json").read_text())
   assert summary["cell"] == "mingru" and summary["steps"] == 20
+  assert summary["engine"] == "parallel" and "parallel engine" in stdout
   assert np.isfinite(summary["test_rmse"])
   assert "test_rmse" in stdout
 
@@ -455,11 +457,18 @@ def test_bad_option_values_are_refused_by_the_parser(args, expected, tmp_path, c
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("case", ["dropout", "missing", "empty", "short", "text-not-text"])
+@pytest.mark.parametrize("case", ["dropout", "missing", "empty", "short", "text-not-text",
+                                  "engine-cell", "engine-tbptt"])
 def test_bad_values_are_refused_before_any_compute(case, tmp_path, no_compute):
   out = tmp_path / "run"
   if case == "dropout":
     args, expected = [*SMALL, "--dropout", "1.5"], ["--dropout", "1.5", "[0, 1)"]
+  elif case == "engine-cell":
+    args, expected = [*SMALL, "--engine", "parallel"], ["--engine parallel", "linear cell",
+                                                         "--cell lstm"]
+  elif case == "engine-tbptt":
+    args = [*SMALL, "--cell", "minlstm", "--engine", "chunked", "--tbptt", "5"]
+    expected = ["--engine chunked", "--tbptt 5", "--engine sequential or auto"]
   elif case == "missing":
     path = tmp_path / "no-such-file.txt"
     args, expected = ["--task", "text", "--text", str(path)], [str(path), "no such file"]

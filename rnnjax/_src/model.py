@@ -14,7 +14,11 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, layers
+from rnnjax._src import linear as linear_lib
+from rnnjax._src import parallel as parallel_lib
 from rnnjax._src import unroll as unroll_lib
+
+ENGINES = ("auto", "sequential", "parallel", "chunked")
 
 
 class SequenceModelParams(NamedTuple):
@@ -35,15 +39,23 @@ class SequenceModel(NamedTuple):
 
 
 def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, output_size: int,
-                   vocab_size: int | None = None, embed_size: int = 64) -> SequenceModel:
+                   vocab_size: int | None = None, embed_size: int = 64,
+                   engine: str = "auto") -> SequenceModel:
   """Wraps a recurrent core with an input encoder and a linear read-out.
 
   Args:
-    core: a `Cell` (run with `rnnjax.unroll`) or a `Layer`.
+    core: a `Cell` (run with `rnnjax.unroll`, or `rnnjax.parallel_unroll` if it is
+      linear) or a `Layer`.
     input_size: features per step of float inputs (ignored for token inputs).
     output_size: `O`, outputs per step (values, or logits over a vocabulary).
     vocab_size: if set, inputs are token ids `[T, B]` embedded into `embed_size` features.
     embed_size: the embedding size for token inputs.
+    engine: how a linear core (a linear cell or a stack of them) runs over time:
+      `"auto"` (`rnnjax.auto_engine`'s choice for the backend and `T`; `unroll`
+      for every other core), `"sequential"` (always `unroll`), or `"parallel"` /
+      `"chunked"` (`parallel_unroll`; the core must be linear). The engines give
+      the same answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a
+      `key`) run sequentially: `"auto"` falls back, `"parallel"`/`"chunked"` refuse.
 
   Example:
     >>> import jax, jax.numpy as jnp, rnnjax
@@ -64,6 +76,17 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
   else:
     core_in = checks.positive_int(fn, "input_size", input_size)
   is_cell = isinstance(core, cell_lib.Cell)
+  if engine not in ENGINES:
+    raise ValueError(f"{fn}: `engine` must be one of {ENGINES}, got {engine!r}.")
+  linear = linear_lib.is_linear(core)
+  if engine in ("parallel", "chunked") and not linear:
+    raise TypeError(
+        f"{fn}: engine={engine!r} needs a linear core (rnnjax.mingru, minlstm, lru, rglru, a "
+        f"cell from rnnjax.with_recurrence, or a stack of them), got "
+        f"{'a Layer' if not is_cell else 'a cell without a linear recurrence'}. "
+        "Use engine='auto' or 'sequential'.")
+  stacked = linear_lib.stack_of(core) if linear else None
+  stack_dropout = stacked is not None and stacked.dropout > 0.0
 
   def init(key: jax.Array) -> SequenceModelParams:
     k_e, k_c, k_o = jax.random.split(key, 3)
@@ -83,11 +106,19 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
             tbptt: int | None = None) -> tuple[jax.Array, Any]:
     if params.embed is not None:
       xs = jnp.take(params.embed, xs, axis=0)
+    sequential_only = tbptt is not None or (key is not None and stack_dropout)
+    if sequential_only and engine in ("parallel", "chunked"):
+      why = "truncated BPTT (`tbptt`)" if tbptt is not None else "the stack's dropout (a `key`)"
+      raise ValueError(f"{fn}.apply: {why} runs step by step, but the model was built with "
+                       f"engine={engine!r}; build it with engine='auto' or 'sequential'.")
     if tbptt is not None:
       if not is_cell:
         raise ValueError(f"{fn}.apply: `tbptt` needs a Cell core, got a Layer.")
       hs, carry = unroll_lib.truncated_unroll(core, params.core, xs, carry, chunk=tbptt,
                                               lengths=lengths, key=key)
+    elif linear and engine != "sequential" and not sequential_only:
+      hs, carry = parallel_lib.parallel_unroll(core, params.core, xs, carry, lengths=lengths,
+                                               engine=engine)
     elif is_cell:
       hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
     else:
