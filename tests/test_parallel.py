@@ -149,8 +149,7 @@ def test_parallel_and_chunked_equal_sequential(name, engine, use_lengths, use_re
     assert _max_rel(ref_g, g) <= RTOL
 
 
-@pytest.mark.parametrize("engine", ["parallel", "chunked"])
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("engine, reverse", [("parallel", False), ("chunked", True)])
 def test_a_stack_of_linear_cells_with_every_option(engine, reverse):
   name = "stack"
   cell = CELLS[name]
