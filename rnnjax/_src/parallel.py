@@ -156,21 +156,13 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   if engine not in ENGINES:
     raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
   chunk = checks.positive_int(_FN, "chunk", chunk)
-  in_size = cell.input_size(params) if cell.input_size is not None else None
-  num_steps, batch_shape = checks.sequence_input(_FN, xs, in_size)
+  num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
+      _FN, cell, params, xs, carry, lengths, resets)
   if engine == "auto":
     engine = auto_engine(num_steps)
   if engine == "sequential":
     return unroll_lib.unroll(cell, params, xs, carry, lengths=lengths, resets=resets,
                              reverse=reverse)
-  if carry is None:
-    carry = cell.initial_carry(params, batch_shape)
-  else:
-    checks.carry(_FN, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
-  if lengths is not None:
-    lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
-  if resets is not None:
-    resets = checks.resets(_FN, resets, num_steps, batch_shape)
   if stacked is not None:
     # Layer after layer, each a scan: the same function as stepping every layer
     # together, since layer l's step t reads only layer l-1's output at step t (in

@@ -36,6 +36,28 @@ def _take_time(tree: Any, idx: jax.Array) -> Any:
   return jax.tree_util.tree_map(take, tree)
 
 
+def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any,
+                   lengths: jax.Array | None, resets: jax.Array | None
+                   ) -> tuple[int, tuple[int, ...], Any, jax.Array | None, jax.Array | None]:
+  """The input checks of every engine: `(num_steps, batch_shape, carry, lengths, resets)`.
+
+  `xs` must be `[T, *batch, I]` with the cell's input size; a missing carry
+  becomes the cell's initial carry, a given one must match its structure and
+  shapes; `lengths` and `resets` are checked against `T` and the batch shape.
+  """
+  in_size = cell.input_size(params) if cell.input_size is not None else None
+  num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
+  if carry is None:
+    carry = cell.initial_carry(params, batch_shape)
+  else:
+    checks.carry(fn, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
+  if lengths is not None:
+    lengths = checks.lengths(fn, lengths, num_steps, batch_shape)
+  if resets is not None:
+    resets = checks.resets(fn, resets, num_steps, batch_shape)
+  return num_steps, batch_shape, carry, lengths, resets
+
+
 def time_masks(num_steps: int, batch_shape: tuple[int, ...], lengths: jax.Array | None,
                resets: jax.Array | None, reverse: bool):
   """The engines' view of `lengths`, `resets` and `reverse` (checked inputs).
@@ -183,18 +205,10 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     >>> bool((ys[5:, 1] == 0).all())                   # padding gives zeros
     True
   """
-  in_size = cell.input_size(params) if cell.input_size is not None else None
-  num_steps, batch_shape = checks.sequence_input(_FN, xs, in_size)
+  num_steps, batch_shape, carry, lengths, resets = check_sequence(
+      _FN, cell, params, xs, carry, lengths, resets)
   unroll = _check_unroll(unroll)
   remat = _check_remat(remat)
-  if carry is None:
-    carry = cell.initial_carry(params, batch_shape)
-  else:
-    checks.carry(_FN, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
-  if lengths is not None:
-    lengths = checks.lengths(_FN, lengths, num_steps, batch_shape)
-  if resets is not None:
-    resets = checks.resets(_FN, resets, num_steps, batch_shape)
   reset_carry = cell.initial_carry(params, batch_shape) if resets is not None else None
 
   valid, resets, idx = time_masks(num_steps, batch_shape, lengths, resets, reverse)
