@@ -23,6 +23,7 @@ import optax
 
 import rnnjax
 from rnnjax._src import bench
+from rnnjax._src import model as model_lib
 from rnnjax._src.checkpoint import Checkpointer, write_json_atomic
 
 
@@ -202,28 +203,23 @@ def make_task(config: dict[str, Any]):
   return tasks.get_task(config["task"], **kwargs)
 
 
-def make_model(config: dict[str, Any], task) -> rnnjax.SequenceModel:
+def model_core(config: dict[str, Any]) -> rnnjax.Cell:
+  """The recurrent core of `make_model`'s model (also given to the diagnostics)."""
   cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
-  core = cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
-  return rnnjax.sequence_model(core, input_size=task.input_size, output_size=task.output_size,
-                               vocab_size=task.vocab_size, engine=config.get("engine", "auto"))
+  return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
+
+
+def make_model(config: dict[str, Any], task) -> rnnjax.SequenceModel:
+  return rnnjax.sequence_model(model_core(config), input_size=task.input_size,
+                               output_size=task.output_size, vocab_size=task.vocab_size,
+                               engine=config.get("engine", "auto"))
 
 
 def engine_used(config: dict[str, Any], num_steps: int) -> str:
   """The engine a training step of `make_model`'s model runs, for windows of `num_steps`."""
-  engine = config.get("engine", "auto")
-  core = model_core(None, config, None)
-  if (not rnnjax.is_linear(core) or engine == "sequential" or config["tbptt"] is not None
-      or config["dropout"] > 0.0):
-    return "sequential"
+  engine = model_lib.model_engine(model_core(config), config.get("engine", "auto"),
+                                  tbptt=config["tbptt"], key_given=config["dropout"] > 0.0)
   return rnnjax.auto_engine(num_steps) if engine == "auto" else engine
-
-
-def model_core(model: rnnjax.SequenceModel, config: dict[str, Any], task):
-  """The recurrent core `make_model` built (the same cells, for the diagnostics)."""
-  del model, task
-  cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
-  return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
 
 
 def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
@@ -299,7 +295,7 @@ def train(config: dict[str, Any]) -> int:
   if config.get("diagnostics"):
     from rnnjax._src import report
     diag_batch = task.train_batch(jax.random.fold_in(k_data, 2**31 - 1), config["batch_size"])
-    core = model_core(model, config, task)
+    core = model_core(config)
     diag["init"] = report.model_diagnostics(core, state.params, task, diag_batch)
   result = rnnjax.fit(
       state, step_fn, batch_fn, num_steps=config["steps"],

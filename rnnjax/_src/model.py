@@ -85,8 +85,6 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
         f"cell from rnnjax.with_recurrence, or a stack of them), got "
         f"{'a Layer' if not is_cell else 'a cell without a linear recurrence'}. "
         "Use engine='auto' or 'sequential'.")
-  stacked = linear_lib.stack_of(core) if linear else None
-  stack_dropout = stacked is not None and stacked.dropout > 0.0
 
   def init(key: jax.Array) -> SequenceModelParams:
     k_e, k_c, k_o = jax.random.split(key, 3)
@@ -106,19 +104,16 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
             tbptt: int | None = None) -> tuple[jax.Array, Any]:
     if params.embed is not None:
       xs = jnp.take(params.embed, xs, axis=0)
-    sequential_only = tbptt is not None or (key is not None and stack_dropout)
-    if sequential_only and engine in ("parallel", "chunked"):
-      why = "truncated BPTT (`tbptt`)" if tbptt is not None else "the stack's dropout (a `key`)"
-      raise ValueError(f"{fn}.apply: {why} runs step by step, but the model was built with "
-                       f"engine={engine!r}; build it with engine='auto' or 'sequential'.")
+    run = model_engine(core, engine, tbptt=tbptt, key_given=key is not None,
+                       fn=f"{fn}.apply")
     if tbptt is not None:
       if not is_cell:
         raise ValueError(f"{fn}.apply: `tbptt` needs a Cell core, got a Layer.")
       hs, carry = unroll_lib.truncated_unroll(core, params.core, xs, carry, chunk=tbptt,
                                               lengths=lengths, key=key)
-    elif linear and engine != "sequential" and not sequential_only:
+    elif run != "sequential":
       hs, carry = parallel_lib.parallel_unroll(core, params.core, xs, carry, lengths=lengths,
-                                               engine=engine)
+                                               engine=run)
     elif is_cell:
       hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
     else:
@@ -126,3 +121,24 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     return hs @ params.w_out + params.b_out, carry
 
   return SequenceModel(init, initial_carry, apply)
+
+
+def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int | None = None,
+                 key_given: bool = False, fn: str = "rnnjax.sequence_model.apply") -> str:
+  """How `sequence_model(core, engine=engine).apply` runs the core over time.
+
+  Returns `"sequential"` (`unroll`, `truncated_unroll` or the layer's own
+  `apply`) or the engine handed to `parallel_unroll` (`"auto"`, resolved there
+  per backend and `T`, `"parallel"` or `"chunked"`). Truncated BPTT and a
+  stack's dropout (active when a key is given) run step by step: `"auto"` falls
+  back, `"parallel"`/`"chunked"` raise a ValueError.
+  """
+  stacked = linear_lib.stack_of(core) if isinstance(core, cell_lib.Cell) else None
+  dropout = key_given and stacked is not None and stacked.dropout > 0.0
+  if (tbptt is not None or dropout) and engine in ("parallel", "chunked"):
+    why = "truncated BPTT (`tbptt`)" if tbptt is not None else "the stack's dropout (a `key`)"
+    raise ValueError(f"{fn}: {why} runs step by step, but the model was built with "
+                     f"engine={engine!r}; build it with engine='auto' or 'sequential'.")
+  if tbptt is not None or dropout or engine == "sequential" or not linear_lib.is_linear(core):
+    return "sequential"
+  return engine
