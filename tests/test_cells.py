@@ -95,6 +95,9 @@ VARIANTS = {
 }
 NAMES = list(VARIANTS)
 FACTORIES = {"elman": rnnjax.elman, "lstm": rnnjax.lstm, "gru": rnnjax.gru, "mgu": rnnjax.mgu}
+# The cells whose factories take `hidden_size` and `dtype` alike: their argument errors are
+# tested together in section 7 (the minimal cells' other tests are in test_minimal_cells).
+ARG_FACTORIES = {**FACTORIES, "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm}
 
 
 # ---- Jitted entry points. The cell is static; cells are cached so each compiles once. ----
@@ -578,19 +581,19 @@ def test_initial_carry_is_zeros(name, dtype):
 # ---- 7. Factory argument errors. ----
 
 @pytest.mark.parametrize("bad", [4.5, "8", 8.0, None, True])
-@pytest.mark.parametrize("family", FACTORIES)
+@pytest.mark.parametrize("family", ARG_FACTORIES)
 def test_non_integer_hidden_size(family, bad):
   with pytest.raises(TypeError, match=re.escape(f"rnnjax.{family}: `hidden_size` must be an "
                                                 f"integer, got {bad!r}")):
-    FACTORIES[family](bad)
+    ARG_FACTORIES[family](bad)
 
 
 @pytest.mark.parametrize("bad", [0, -3])
-@pytest.mark.parametrize("family", FACTORIES)
+@pytest.mark.parametrize("family", ARG_FACTORIES)
 def test_non_positive_hidden_size(family, bad):
-  with pytest.raises(ValueError, match=re.escape(f"`hidden_size` must be a positive integer, "
-                                                 f"got hidden_size={bad}")):
-    FACTORIES[family](bad)
+  with pytest.raises(ValueError, match=re.escape(
+      f"rnnjax.{family}: `hidden_size` must be a positive integer, got hidden_size={bad}")):
+    ARG_FACTORIES[family](bad)
 
 
 @pytest.mark.parametrize("family", FACTORIES)
@@ -624,18 +627,18 @@ def test_unknown_nonlinearity():
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64, "not-a-dtype"],
                          ids=["int32", "bool", "complex64", "string"])
-@pytest.mark.parametrize("family", FACTORIES)
+@pytest.mark.parametrize("family", ARG_FACTORIES)
 def test_non_float_dtype(family, dtype):
   with pytest.raises(TypeError, match=rf"rnnjax\.{family}: `dtype` must be a floating dtype"):
-    FACTORIES[family](H, dtype=dtype)
+    ARG_FACTORIES[family](H, dtype=dtype)
 
 
 @pytest.mark.parametrize("bad", [0, 2.5])
-@pytest.mark.parametrize("family", FACTORIES)
+@pytest.mark.parametrize("family", ARG_FACTORIES)
 def test_bad_input_size_in_init(family, bad):
   error = ValueError if bad == 0 else TypeError
   with pytest.raises(error, match=rf"rnnjax\.{family}\.init: `input_size`"):
-    FACTORIES[family](H).init(jax.random.key(0), bad)
+    ARG_FACTORIES[family](H).init(jax.random.key(0), bad)
 
 
 @pytest.mark.parametrize("name", ["elman_tanh", "lstm_proj", "gru_reset_after", "mgu_reset_after"])

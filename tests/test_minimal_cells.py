@@ -491,30 +491,7 @@ def test_initial_carry_is_zeros(name, dtype, rng):
 
 
 # ---- 5. Error messages. ----
-
-@pytest.mark.parametrize("bad", [0, -3])
-@pytest.mark.parametrize("family", FACTORIES)
-def test_non_positive_hidden_size(family, bad):
-  with pytest.raises(ValueError, match=re.escape(
-      f"rnnjax.{family}: `hidden_size` must be a positive integer, got hidden_size={bad}")):
-    FACTORIES[family](bad)
-
-
-@pytest.mark.parametrize("bad", [4.5, "8", None, True])
-@pytest.mark.parametrize("family", FACTORIES)
-def test_non_integer_hidden_size(family, bad):
-  with pytest.raises(TypeError, match=re.escape(
-      f"rnnjax.{family}: `hidden_size` must be an integer, got {bad!r}")):
-    FACTORIES[family](bad)
-
-
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64, "not-a-dtype"],
-                         ids=["int32", "bool", "complex64", "string"])
-@pytest.mark.parametrize("family", FACTORIES)
-def test_non_float_dtype(family, dtype):
-  with pytest.raises(TypeError, match=rf"rnnjax\.{family}: `dtype` must be a floating dtype"):
-    FACTORIES[family](H, dtype=dtype)
-
+# `hidden_size`, `dtype` and `input_size` errors: with the other cells', test_cells section 7.
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 @pytest.mark.parametrize("family", FACTORIES)
@@ -522,14 +499,6 @@ def test_non_bool_log_space(family, bad):
   with pytest.raises(TypeError, match=re.escape(
       f"rnnjax.{family}: `log_space` must be a bool, got {bad!r}")):
     FACTORIES[family](H, log_space=bad)
-
-
-@pytest.mark.parametrize("bad", [0, 2.5])
-@pytest.mark.parametrize("family", FACTORIES)
-def test_bad_input_size_in_init(family, bad):
-  error = ValueError if bad == 0 else TypeError
-  with pytest.raises(error, match=rf"rnnjax\.{family}\.init: `input_size`"):
-    FACTORIES[family](H).init(jax.random.key(0), bad)
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm_log"])
