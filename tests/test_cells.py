@@ -653,3 +653,110 @@ def test_wrong_feature_size(name, rng):
     _apply(cell, params, carry, jnp.zeros((B, I + 1), jnp.float32))
   with pytest.raises(ValueError, match=re.escape(f"input_size={I}")):
     _unroll(cell, params, jnp.zeros((T, B, I + 1), jnp.float32), carry, None)
+
+
+# ---- 8. Dtypes: a step returns the carry dtype it was given; mismatches are named. ----
+# Shapes and dtypes only (`jax.eval_shape`): every check here runs at trace time, so nothing
+# is compiled. Every built-in cell, a stack, and the LSTM with a projection.
+
+DTYPE_CELLS = {
+    "elman": lambda d: rnnjax.elman(H, dtype=d),
+    "lstm": lambda d: rnnjax.lstm(H, dtype=d),
+    "lstm_proj": lambda d: rnnjax.lstm(H, proj_size=P, dtype=d),
+    "gru": lambda d: rnnjax.gru(H, dtype=d),
+    "mgu": lambda d: rnnjax.mgu(H, dtype=d),
+    "mingru": lambda d: rnnjax.mingru(H, dtype=d),
+    "minlstm": lambda d: rnnjax.minlstm(H, log_space=True, dtype=d),
+    "lru": lambda d: rnnjax.lru(H, dtype=d),
+    "rglru": lambda d: rnnjax.rglru(H, dtype=d),
+    "stack": lambda d: rnnjax.stack([rnnjax.lstm(H, dtype=d), rnnjax.mingru(H, dtype=d)]),
+}
+# The documented carry dtype: the params' dtype; the LRU's complex h is complex64 (complex128
+# for float64 params).
+_COMPLEX = {"float32": "complex64", "bfloat16": "complex64", "float64": "complex128"}
+
+
+def _shapes(name, dtype):
+  cell = DTYPE_CELLS[name](jnp.dtype(dtype))
+  params = jax.eval_shape(lambda k: cell.init(k, I), jax.random.key(0))
+  carry = jax.eval_shape(lambda p: cell.initial_carry(p, (B,)), params)
+  return cell, params, carry
+
+
+def _family(name):
+  return "stack" if name == "stack" else name.split("_")[0]
+
+
+@pytest.mark.parametrize("promotion", ["strict", "standard"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("name", DTYPE_CELLS)
+def test_apply_returns_the_carry_dtype_it_was_given(name, dtype, promotion):
+  with jax.enable_x64(dtype == "float64"), jax.numpy_dtype_promotion(promotion):
+    cell, params, carry = _shapes(name, dtype)
+    want = _COMPLEX[dtype] if name == "lru" else dtype
+    assert {leaf.dtype.name for leaf in jax.tree_util.tree_leaves(carry)} == {want}
+    new, y = jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct((B, I), dtype))
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(carry)
+    for got, given in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(carry),
+                          strict=True):
+      assert (got.shape, got.dtype) == (given.shape, given.dtype)
+    assert y.dtype == dtype
+
+
+@pytest.mark.parametrize("promotion", ["strict", "standard"])
+@pytest.mark.parametrize("name", DTYPE_CELLS)
+def test_apply_refuses_an_input_of_another_dtype(name, promotion):
+  # Before: a TypePromotionError from inside the step (strict), or (standard) a float32 carry
+  # out of a bfloat16 cell, which breaks any `lax.scan` over `apply`.
+  cell, params, carry = _shapes(name, "bfloat16")
+  first = "lstm" if name == "stack" else _family(name)  # The stack's first layer reads x.
+  with jax.numpy_dtype_promotion(promotion), pytest.raises(TypeError, match=re.escape(
+      f"rnnjax.{first}.apply: x has dtype float32 but the cell's params are bfloat16; cast x "
+      "with x.astype(jnp.bfloat16) (or build the cell with dtype=jnp.float32)")):
+    jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct((B, I), jnp.float32))
+
+
+@pytest.mark.parametrize("bad", ["int32", "float32"])
+@pytest.mark.parametrize("name", DTYPE_CELLS)
+def test_apply_refuses_a_carry_of_another_dtype(name, bad):
+  cell, params, carry = _shapes(name, "bfloat16")
+  if name == "lru" and bad == "float32":
+    bad = "complex128"
+  wrong = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, bad), carry)
+  path = "[0].h" if name == "stack" else ".h"
+  want = "complex64" if name == "lru" else "bfloat16"
+  with jax.enable_x64(bad == "complex128"), pytest.raises(TypeError, match=re.escape(
+      f"rnnjax.{_family(name)}.apply: `carry{path}` has dtype {bad}, expected {want} (the "
+      "dtype of cell.initial_carry)")):
+    jax.eval_shape(cell.apply, params, wrong, jax.ShapeDtypeStruct((B, I), jnp.bfloat16))
+
+
+@pytest.mark.parametrize("promotion", ["strict", "standard"])
+@pytest.mark.parametrize("name", DTYPE_CELLS)
+def test_unroll_names_mismatched_xs_and_carry_dtypes(name, promotion):
+  # Before: JAX's carry-type error from inside `lax.scan` (standard promotion), or a
+  # TypePromotionError from inside the step (strict).
+  with jax.numpy_dtype_promotion(promotion):
+    _check_unroll_dtype_errors(name)
+
+
+def _check_unroll_dtype_errors(name):
+  cell, params, carry = _shapes(name, "bfloat16")
+  xs = jax.ShapeDtypeStruct((T, B, I), jnp.float32)
+  with pytest.raises(TypeError, match=re.escape(
+      "rnnjax.unroll: xs has dtype float32 but the cell's params are bfloat16; cast xs with "
+      "xs.astype(jnp.bfloat16) (or build the cell with dtype=jnp.float32)")):
+    jax.eval_shape(lambda p, x: rnnjax.unroll(cell, p, x), params, xs)
+  xs = jax.ShapeDtypeStruct((T, B, I), jnp.bfloat16)
+  wrong = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.int32), carry)
+  path = "[0].h" if name == "stack" else ".h"
+  want = "complex64" if name == "lru" else "bfloat16"
+  with pytest.raises(TypeError, match=re.escape(
+      f"rnnjax.unroll: `carry{path}` has dtype int32, expected {want} (the dtype of "
+      "cell.initial_carry)")):
+    jax.eval_shape(lambda p, x, c: rnnjax.unroll(cell, p, x, c), params, xs, wrong)
+  if rnnjax.is_linear(cell):
+    with pytest.raises(TypeError, match=re.escape(
+        "rnnjax.parallel_unroll: `carry" + path + "` has dtype int32")):
+      jax.eval_shape(lambda p, x, c: rnnjax.parallel_unroll(cell, p, x, c, engine="parallel"),
+                     params, xs, wrong)

@@ -387,3 +387,84 @@ def test_unroll_lengths_any_integer_dtype(dtype, rng):
         lambda s, x: reference.gru_step(params, s, x), zero, xs, lengths=lengths, reverse=True)
     np.testing.assert_allclose(ys, ys_ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(final.h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+# ---- sequence_model: token ids ----
+
+V = 7
+TOKENS = rnnjax.sequence_model(CELL, input_size=1, output_size=2, vocab_size=V, embed_size=I)
+
+
+@functools.cache
+def token_params():
+  params = jax.eval_shape(TOKENS.init, jax.random.key(0))
+  rng = np.random.default_rng(3)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype),
+                                params)
+
+
+@jax.jit
+def token_loss_and_grads(params, ids, lengths):
+  def loss(p):
+    preds, carry = TOKENS.apply(p, ids, lengths=lengths)
+    return jnp.sum(jnp.tanh(preds)) + jnp.sum(carry.h), (preds, carry)
+  return jax.value_and_grad(loss, has_aux=True)(params)
+
+
+def token_ids(rng):
+  return rng.integers(0, V, size=(T, B)).astype(np.int32)
+
+
+@pytest.mark.parametrize("bad", [V, V + 5, -1])
+def test_sequence_model_token_ids_out_of_range_concrete(bad, rng):
+  # Before: ids >= V gave NaN outputs and negative ids silently wrapped around.
+  ids = token_ids(rng)
+  ids[2, 1] = bad
+  with pytest.raises(ValueError, match=re.escape(
+      f"rnnjax.sequence_model.apply: token ids in `xs` must lie in [0, vocab_size) = [0, {V}), "
+      f"got {bad} at xs[2, 1]")):
+    TOKENS.apply(token_params(), jnp.asarray(ids))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, bool], ids=["float32", "bool"])
+def test_sequence_model_token_ids_not_integers(dtype):
+  with pytest.raises(TypeError, match=r"rnnjax\.sequence_model\.apply: `xs` must hold integer "
+                     rf"token ids \(the model has vocab_size={V}\), got dtype "):
+    TOKENS.apply(token_params(), jnp.zeros((T, B), dtype))
+
+
+@pytest.mark.parametrize("pad", [-1, V, 10**6])
+def test_sequence_model_padded_token_ids_are_never_read(pad, rng):
+  # Pipelines pad with -1 or V: such ids at or past `lengths` must not be checked, and must
+  # leave outputs and gradients exactly as with a valid padding id (a clean run).
+  ids = token_ids(rng)
+  lengths = np.array([T, 3, 0], np.int32)
+  padded = ids.copy()
+  clean = ids.copy()
+  for b, n in enumerate(lengths):
+    padded[n:, b] = pad
+    clean[n:, b] = 0
+  # No error (and any integer dtype of lengths, as for `unroll`).
+  TOKENS.apply(token_params(), jnp.asarray(padded), lengths=jnp.asarray(lengths, jnp.uint8))
+  (loss, (preds, carry)), grads = token_loss_and_grads(token_params(), padded, lengths)
+  (_, (preds0, carry0)), grads0 = token_loss_and_grads(token_params(), clean, lengths)
+  assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+  np.testing.assert_array_equal(preds, preds0)
+  np.testing.assert_array_equal(carry.h, carry0.h)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, grads, grads0)
+
+
+@pytest.mark.parametrize("bad", [V, -1])
+def test_sequence_model_token_ids_out_of_range_under_jit_give_nan(bad, rng):
+  # Documented: under jit an out-of-range id at a valid step embeds to NaN (negative ids do
+  # not wrap around), so that sequence's predictions are NaN from that step on; the other
+  # sequences are untouched.
+  ids = token_ids(rng)
+  lengths = np.full((B,), T, np.int32)
+  (_, (preds0, _)), _ = token_loss_and_grads(token_params(), ids, lengths)
+  ids[2, 1] = bad
+  (_, (preds, _)), _ = token_loss_and_grads(token_params(), ids, lengths)
+  preds, preds0 = np.asarray(preds), np.asarray(preds0)
+  assert np.isnan(preds[2:, 1]).all()
+  np.testing.assert_array_equal(preds[:2, 1], preds0[:2, 1])
+  np.testing.assert_array_equal(preds[:, [0, 2]], preds0[:, [0, 2]])

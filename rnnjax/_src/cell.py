@@ -40,7 +40,11 @@ class Cell(NamedTuple):
       shape `[*batch_shape, ...]` and the dtype of the params.
     apply: `apply(params, carry, x, *, key=None) -> (carry, y)` with
       `x: [..., I]`. `key` is only used by cells with randomness (a `stack` with
-      dropout); the built-in cells accept and ignore it.
+      dropout); the built-in cells accept and ignore it. The built-in cells
+      compute in the dtype of their params: `x` must have that dtype and the
+      carry the dtypes of `initial_carry` (a TypeError says which and how to
+      cast), so the new carry has the dtype of the carry given and a
+      `lax.scan` over `apply` keeps its carry type.
     input_size: optional `input_size(params) -> int`, the feature size `I` the
       params were made for. Engines use it to check inputs with a clear message;
       a user-written cell may leave it `None`.

@@ -164,6 +164,7 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
   if engine not in ("sequential", "parallel", "chunked"):
     raise ValueError(f"{fn}: `engine` must be 'sequential', 'parallel' or 'chunked', "
                      f"got {engine!r}.")
+  checks.function(fn, "loss_fn", loss_fn)
   in_size = cell.input_size(params) if cell.input_size is not None else None
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
   in_size = xs.shape[-1]
@@ -396,6 +397,9 @@ def record(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
   _, batch_shape = checks.sequence_input(fn, xs, in_size)
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
+  if isinstance(primitives, str) or not all(isinstance(p, str) for p in primitives):
+    raise TypeError(f"{fn}: `primitives` must be a sequence of primitive names such as "
+                    f"('logistic', 'tanh'), got {primitives!r}.")
   names = tuple(primitives)
   chooser = select or (lambda eqn: eqn.primitive.name in names)
   carry_b = jax.tree_util.tree_map(

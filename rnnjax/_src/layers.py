@@ -94,6 +94,16 @@ def _dropout(key: jax.Array, rate: float, y: jax.Array) -> jax.Array:
   return jnp.where(keep, y / (1.0 - rate), jnp.zeros_like(y))
 
 
+def _check_layer_carries(fn: str, carry: Any, n: int) -> None:
+  """A stack's carry: a tuple (or list) with one carry per layer."""
+  if not isinstance(carry, (tuple, list)) or hasattr(carry, "_fields") or len(carry) != n:
+    got = (f"a {type(carry).__name__} of length {len(carry)}"
+           if isinstance(carry, (tuple, list)) else type(carry).__name__)
+    raise TypeError(
+        f"{fn}: `carry` must be a tuple with one carry per layer ({n} layers), got "
+        f"{got}. Build it with `layer.initial_carry(params, batch_shape)`.")
+
+
 def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Layer:
   """Composes cells or layers, each feeding its outputs to the next (PyTorch's `num_layers`).
 
@@ -126,6 +136,10 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     ((12, 3, 8), 2)
   """
   fn = "rnnjax.stack"
+  if isinstance(layers, (Cell, Layer)) or not hasattr(layers, "__iter__"):
+    raise TypeError(
+        f"{fn}: `layers` must be a sequence (list or tuple) of cells or layers, got "
+        f"{type(layers).__name__}. Wrap a single one in a list: rnnjax.stack([cell]).")
   layers = tuple(layers)
   if not layers:
     raise ValueError(f"{fn}: `layers` must hold at least one cell or layer, got an empty sequence.")
@@ -141,6 +155,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
   n = len(layers)
 
   def init(key: jax.Array, input_size: int) -> tuple[Any, ...]:
+    checks.key(f"{fn}.init", "key", key)
     size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     params = []
     for layer, k in zip(layers, jax.random.split(key, n), strict=True):
@@ -150,11 +165,13 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     return tuple(params)
 
   def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:
+    checks.sequence_params(f"{fn}.initial_carry", params, n)
+    batch_shape = checks.batch_shape(f"{fn}.initial_carry", batch_shape)
     return tuple(layer.initial_carry(p, batch_shape)
                  for layer, p in zip(layers, params, strict=True))
 
-  def layer_keys(key):
-    if key is None:
+  def layer_keys(key, where):
+    if checks.key(f"{fn}.{where}", "key", key, optional=True) is None:
       return [None] * n, [None] * n
     ks = jax.random.split(key, 2 * n)
     return list(ks[:n]), list(ks[n:])
@@ -165,11 +182,17 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     return _dropout(k, rate, y)
 
   def input_size(params):
+    checks.sequence_params(fn, params, n)
     return _input_size(layers[0], params[0])
 
   if all_cells:
     def apply_cell(params, carry, x, *, key=None):
-      apply_keys, drop_keys = layer_keys(key)
+      checks.sequence_params(f"{fn}.apply", params, n)
+      _check_layer_carries(f"{fn}.apply", carry, n)
+      carry = tuple(carry)
+      checks.step_carry(f"{fn}.apply", carry,
+                        jax.eval_shape(lambda p: initial_carry(p, ()), params))
+      apply_keys, drop_keys = layer_keys(key, "apply")
       new_carry = []
       for i, (cell, p, c) in enumerate(zip(layers, params, carry, strict=True)):
         k = apply_keys[i]
@@ -210,15 +233,12 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     return Cell(init, initial_carry, apply_cell, input_size=input_size)
 
   def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    checks.sequence_params(f"{fn}.apply", params, n)
     if carry is None:
       carry = (None,) * n
-    elif not isinstance(carry, (tuple, list)) or len(carry) != n:
-      got = (f"a {type(carry).__name__} of length {len(carry)}"
-             if isinstance(carry, (tuple, list)) else type(carry).__name__)
-      raise TypeError(
-          f"{fn}.apply: `carry` must be a tuple with one carry per layer ({n} layers), got "
-          f"{got}. Build it with `layer.initial_carry(params, batch_shape)`.")
-    apply_keys, drop_keys = layer_keys(key)
+    else:
+      _check_layer_carries(f"{fn}.apply", carry, n)
+    apply_keys, drop_keys = layer_keys(key, "apply")
     new_carry = []
     for i, (layer, p, c) in enumerate(zip(layers, params, carry, strict=True)):
       xs, c = layer.apply(p, xs, c, lengths=lengths, resets=resets, key=apply_keys[i])
@@ -262,6 +282,7 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
   checks.choice(fn, "merge", merge, ("concat", "sum"))
 
   def init(key: jax.Array, input_size: int) -> BidirectionalParams:
+    checks.key(f"{fn}.init", "key", key)
     input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     k_f, k_b = jax.random.split(key)
     params = BidirectionalParams(forward.init(k_f, input_size), backward.init(k_b, input_size))
@@ -275,10 +296,14 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
     return params
 
   def initial_carry(params: BidirectionalParams, batch_shape: tuple[int, ...] = ()):
+    checks.params(f"{fn}.initial_carry", params, BidirectionalParams, made_by=fn)
+    batch_shape = checks.batch_shape(f"{fn}.initial_carry", batch_shape)
     return BidirectionalState(forward.initial_carry(params.forward, batch_shape),
                               backward.initial_carry(params.backward, batch_shape))
 
   def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    checks.params(f"{fn}.apply", params, BidirectionalParams, made_by=fn)
+    checks.key(f"{fn}.apply", "key", key, optional=True)
     if carry is None:
       carry = BidirectionalState(None, None)
     elif not isinstance(carry, BidirectionalState):
@@ -293,5 +318,8 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
     ys = jnp.concatenate([ys_f, ys_b], axis=-1) if merge == "concat" else ys_f + ys_b
     return ys, BidirectionalState(c_f, c_b)
 
-  return Layer(init, initial_carry, apply,
-               input_size=lambda p: _input_size(forward, p.forward))
+  def input_size(params):
+    checks.params(fn, params, BidirectionalParams, made_by=fn)
+    return _input_size(forward, params.forward)
+
+  return Layer(init, initial_carry, apply, input_size=input_size)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, layers
@@ -48,7 +49,13 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       linear) or a `Layer`.
     input_size: features per step of float inputs (ignored for token inputs).
     output_size: `O`, outputs per step (values, or logits over a vocabulary).
-    vocab_size: if set, inputs are token ids `[T, B]` embedded into `embed_size` features.
+    vocab_size: if set, inputs are integer token ids `[T, B]` embedded into
+      `embed_size` features. Ids are checked to lie in `[0, vocab_size)` when `xs`
+      and `lengths` are concrete (a ValueError names the first bad position).
+      Under `jit` they cannot be checked: an out-of-range id (negative ones
+      included; they do not wrap around) at a valid step embeds to NaN, so the
+      predictions and the loss are NaN. Steps at or past `lengths` are never read
+      and may hold any id (pipelines pad with -1 or `vocab_size`).
     embed_size: the embedding size for token inputs.
     engine: how a linear core (a linear cell or a stack of them) runs over time:
       `"auto"` (`rnnjax.auto_engine`'s choice for the backend and `T`; `unroll`
@@ -87,6 +94,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
         "Use engine='auto' or 'sequential'.")
 
   def init(key: jax.Array) -> SequenceModelParams:
+    checks.key(f"{fn}.init", "key", key)
     k_e, k_c, k_o = jax.random.split(key, 3)
     embed = None
     if vocab_size is not None:
@@ -97,13 +105,20 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), jnp.float32))
 
   def initial_carry(params: SequenceModelParams, batch_shape: tuple[int, ...] = ()):
+    checks.params(f"{fn}.initial_carry", params, SequenceModelParams, made_by=fn)
     return core.initial_carry(params.core, batch_shape)
 
   def apply(params: SequenceModelParams, xs: jax.Array, carry: Any = None, *,
             lengths: jax.Array | None = None, key: jax.Array | None = None,
             tbptt: int | None = None) -> tuple[jax.Array, Any]:
+    checks.params(f"{fn}.apply", params, SequenceModelParams, made_by=fn)
     if params.embed is not None:
-      xs = jnp.take(params.embed, xs, axis=0)
+      xs = embed_tokens(f"{fn}.apply", params.embed, xs, lengths)
+    elif jnp.issubdtype(getattr(xs, "dtype", jnp.float32), jnp.integer):
+      raise TypeError(
+          f"{fn}.apply: `xs` holds integers (dtype {xs.dtype}), but the model has no "
+          "vocabulary: build it with vocab_size=... for token ids, or pass float features "
+          f"[T, B, input_size={core_in}].")
     run = model_engine(core, engine, tbptt=tbptt, key_given=key is not None,
                        fn=f"{fn}.apply")
     if tbptt is not None:
@@ -121,6 +136,52 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     return hs @ params.w_out + params.b_out, carry
 
   return SequenceModel(init, initial_carry, apply)
+
+
+def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any) -> jax.Array:
+  """`embed[ids]`: token ids `[T, ...]` -> `[T, ..., E]`, reading valid steps only.
+
+  Ids are checked to lie in `[0, V)` where `ids` (and `lengths`) are concrete; under
+  `jit` an id outside that range at a valid step gives a NaN embedding (negative
+  ids do not wrap around). Steps at or past `lengths` are never read: they embed
+  to zeros whatever id they hold, with a zero gradient.
+  """
+  vocab = embed.shape[0]
+  dtype = getattr(ids, "dtype", None)
+  if dtype is None:
+    raise TypeError(f"{fn}: `xs` must be an array of integer token ids [T, B], got "
+                    f"{type(ids).__name__}.")
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+        f"{fn}: `xs` must hold integer token ids (the model has vocab_size={vocab}), got "
+        f"dtype {dtype} (xs.shape={tuple(ids.shape)}). Convert ids with xs.astype(jnp.int32); "
+        "for float features build the model without vocab_size.")
+  if ids.ndim < 1 or ids.shape[0] == 0:
+    raise ValueError(f"{fn}: `xs` must be token ids of shape [T, ...] with T >= 1, got "
+                     f"xs.shape={tuple(ids.shape)}.")
+  valid = None
+  if lengths is not None:
+    lengths = checks.lengths(fn, lengths, ids.shape[0], tuple(ids.shape[1:]))
+    time = jnp.arange(ids.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * (ids.ndim - 1))
+    valid = time < jnp.clip(lengths, 0, ids.shape[0]).astype(jnp.int32)
+  if not isinstance(ids, jax.core.Tracer) and not isinstance(valid, jax.core.Tracer):
+    host = np.asarray(ids)
+    bad = (host < 0) | (host >= vocab)
+    if valid is not None:
+      bad &= np.asarray(valid)
+    if bad.any():
+      where = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(
+          f"{fn}: token ids in `xs` must lie in [0, vocab_size) = [0, {vocab}), got "
+          f"{int(host[where])} at xs[{', '.join(map(str, where))}] ({int(bad.sum())} "
+          "out-of-range id(s) at valid steps). Steps at or past `lengths` may hold any id.")
+  in_range = (ids >= 0) & (ids < vocab)
+  read = in_range if valid is None else in_range & valid
+  vectors = jnp.take(embed, jnp.where(read, ids, 0), axis=0)
+  vectors = jnp.where(in_range[..., None], vectors, jnp.nan)
+  if valid is not None:
+    vectors = jnp.where(valid[..., None], vectors, jnp.zeros_like(vectors))
+  return vectors
 
 
 def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int | None = None,

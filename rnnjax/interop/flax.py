@@ -183,8 +183,10 @@ class RNN(nn.Module):
       raise ValueError(
           "rnnjax.interop.flax.RNN.initial_carry: no params; call it on a bound module, e.g. "
           "`rnn.apply(variables, (batch_size,), method='initial_carry')`.")
-    layer = _as_layer("rnnjax.interop.flax.RNN.initial_carry", self.module)
-    return layer.initial_carry(self.get_variable("params", "cell"), tuple(batch_shape))
+    fn = "rnnjax.interop.flax.RNN.initial_carry"
+    layer = _as_layer(fn, self.module)
+    return layer.initial_carry(self.get_variable("params", "cell"),
+                               checks.batch_shape(fn, batch_shape))
 
 
 def _is_variable(x: Any) -> bool:
@@ -258,8 +260,9 @@ class NNXRNN(nnx.Module):
 
   def initial_carry(self, batch_shape: tuple[int, ...] = ()) -> Any:
     """The module's initial carry for `batch_shape` (all zeros for the built-in cells)."""
-    layer = _as_layer("rnnjax.interop.flax.NNXRNN.initial_carry", self.module)
-    return layer.initial_carry(self.rnnjax_params(), tuple(batch_shape))
+    fn = "rnnjax.interop.flax.NNXRNN.initial_carry"
+    layer = _as_layer(fn, self.module)
+    return layer.initial_carry(self.rnnjax_params(), checks.batch_shape(fn, batch_shape))
 
   def set_view(self, deterministic: bool | None = None) -> None:
     """Used by `nnx.view(model, deterministic=...)`."""

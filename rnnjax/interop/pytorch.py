@@ -138,6 +138,45 @@ def _mismatch(fn: str, name: str, given: Any, found: Any, where: str) -> None:
         f"({where}).")
 
 
+def _torch_shape(k: tuple[str, int, int], gates: int, h: int, p: int, i: int,
+                 directions: int) -> tuple[int, ...]:
+  """PyTorch's shape of the key `k = (kind, layer, direction)` for sizes `H, P, I`."""
+  kind, layer = k[0], k[1]
+  return {"weight_ih": (gates * h, i if layer == 0 else directions * p),
+          "weight_hh": (gates * h, p), "bias_ih": (gates * h,), "bias_hh": (gates * h,),
+          "weight_hr": (p, h)}[kind]
+
+
+def _best_sizes(arrays: dict[tuple[str, int, int], np.ndarray], gates: int, has_proj: bool,
+                directions: int) -> tuple[int, list[tuple[int, int, int]]]:
+  """The sizes `(H, P, I)` whose PyTorch shapes match the most keys: `(matches, [sizes])`.
+
+  Candidates are read from every key (rows of the gate matrices and biases, columns
+  of the recurrent and projection weights, the input sizes), so one key of a wrong
+  shape is outvoted by the others; several `sizes` mean a tie.
+  """
+  hs, ps, ins = set(), set(), set()
+  for (kind, layer, _), arr in arrays.items():
+    if kind != "weight_hr" and arr.shape[0] % gates == 0:
+      hs.add(arr.shape[0] // gates)
+    if kind == "weight_hr":
+      ps.add(arr.shape[0])
+      hs.add(arr.shape[1])
+    if kind == "weight_hh":
+      (ps if has_proj else hs).add(arr.shape[1])
+    if kind == "weight_ih" and layer == 0:
+      ins.add(arr.shape[1])
+    if kind == "weight_ih" and layer > 0 and arr.shape[1] % directions == 0:
+      (ps if has_proj else hs).add(arr.shape[1] // directions)
+  cands = [(h, p, i) for h in sorted(hs) for p in (sorted(ps) if has_proj else [h])
+           for i in sorted(ins) if h > 0 and p > 0]
+  cands = [c for c in cands if c[1] < c[0]] or cands if has_proj else cands  # P < H if any.
+  scores = {c: sum(arr.shape == _torch_shape(k, gates, *c, directions)
+                   for k, arr in arrays.items()) for c in cands}
+  best = max(scores.values(), default=0)
+  return best, [c for c, n in scores.items() if n == best]
+
+
 def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | None = None,
                bidirectional: bool | None = None, bias: bool | None = None,
                proj_size: int | None = None, input_size: int | None = None,
@@ -201,7 +240,14 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
   input_size = _check_size(fn, "input_size", input_size)
   hidden_size = _check_size(fn, "hidden_size", hidden_size)
   if dtype is not None:
-    dtype = jnp.dtype(dtype)
+    try:
+      dtype = jnp.dtype(dtype)
+    except TypeError:
+      raise TypeError(f"{fn}: `dtype` must be a floating dtype such as jnp.float32, got "
+                      f"{dtype!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"{fn}: `dtype` must be a floating dtype such as jnp.float32, got "
+                      f"dtype={dtype}.")
 
   # 1. Names: every key under the prefix must be an RNN weight.
   found: dict[tuple[str, int, int], str] = {}
@@ -277,7 +323,7 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
         "read from the keys present and the arguments given); got keys "
         f"{_listing(found.values())}.")
 
-  # 3. Shapes: sizes from layer 0, then every key checked.
+  # 3. Shapes: ranks and dtypes, then the sizes that fit the most keys.
   arrays = {k: _to_numpy(fn, f"state_dict[{found[k]!r}]", state_dict[found[k]]) for k in expected}
   for k, arr in arrays.items():
     want_rank = 1 if k[0].startswith("bias") else 2
@@ -288,34 +334,50 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
       raise TypeError(f"{fn}: `{found[k]}` must hold floats, got dtype={arr.dtype}.")
   gates = _GATES[mode]
   w_hh = arrays[("weight_hh", 0, 0)]
-  if has_proj:
-    p_size, h_size = arrays[("weight_hr", 0, 0)].shape
-  else:
-    h_size = p_size = w_hh.shape[1]
-  rows = w_hh.shape[0]
-  if rows != gates * h_size and h_size and rows % h_size == 0 and rows // h_size in _GATE_MODES:
-    like = _GATE_MODES[rows // h_size]
+  # The sizes are those that fit the most keys, so that one key of a wrong shape is
+  # the one blamed (not the keys that the sizes were read from).
+  score, fits = _best_sizes(arrays, gates, has_proj, directions)
+  for other in sorted(set(_GATE_MODES) - {gates}):
+    other_score, other_fits = _best_sizes(arrays, other, has_proj, directions)
+    if other_score == len(arrays) > score:
+      h_o, p_o, _ = other_fits[0]
+      raise ValueError(
+          f"{fn}: mode={mode!r} has {gates} gate(s), so `{found[('weight_hh', 0, 0)]}` should "
+          f"have shape ({gates}*H, {'P' if has_proj else 'H'}) = ({gates * h_o}, {p_o}), "
+          f"got {w_hh.shape}: {other} gate(s) of H={h_o}, the weights of "
+          f"mode='{_GATE_MODES[other]}'. Pass the `mode` of the module that made the "
+          "state_dict (`module.mode`).")
+
+  def sizes_text(h, p, i):
+    return f"hidden_size={h}" + (f", proj_size={p}" if has_proj else "") + f", input_size={i}"
+
+  def wrong_keys(h, p, i):
+    return [(k, arrays[k].shape, want) for k in expected
+            if arrays[k].shape != (want := _torch_shape(k, gates, h, p, i, directions))]
+
+  if len(fits) > 1:
+    options = "; or ".join(
+        f"with {sizes_text(*f)}: " + ", ".join(
+            f"`{found[k]}` has shape {got}, expected {want}" for k, got, want in wrong_keys(*f))
+        for f in fits)
     raise ValueError(
-        f"{fn}: mode={mode!r} has {gates} gate(s), so `{found[('weight_hh', 0, 0)]}` should "
-        f"have shape ({gates}*H, {'P' if has_proj else 'H'}) = ({gates * h_size}, {p_size}), "
-        f"got {w_hh.shape}: {rows // h_size} gate(s) of H={h_size}, the weights of "
-        f"mode='{like}'. Pass the `mode` of the module that made the state_dict "
-        "(`module.mode`).")
+        f"{fn}: the shapes in the state_dict do not fit one module of {config}, and more "
+        f"than one key could be the wrong one: {options}.")
+  h_size, p_size, in_size = fits[0]
+
+  def too_large(k, shape):
+    return k[0] == "weight_hr" and shape[0] >= shape[1]
+
+  for k, got, want in wrong_keys(h_size, p_size, in_size)[:1]:
+    why = (" = (proj_size, hidden_size), but an LSTM needs proj_size < hidden_size:"
+           if too_large(k, got) else ",")
+    raise ValueError(
+        f"{fn}: `{found[k]}` has shape {got}{why} expected {want} for {config}, "
+        f"{sizes_text(h_size, p_size, in_size)} (the sizes that fit the other keys).")
   if has_proj and p_size >= h_size:
     raise ValueError(
         f"{fn}: `{found[('weight_hr', 0, 0)]}` has shape {(p_size, h_size)} = (proj_size, "
-        f"hidden_size), but an LSTM needs proj_size < hidden_size.")
-  in_size = arrays[("weight_ih", 0, 0)].shape[1]
-  for k, arr in arrays.items():
-    kind, layer = k[0], k[1]
-    want = {"weight_ih": (gates * h_size, in_size if layer == 0 else directions * p_size),
-            "weight_hh": (gates * h_size, p_size), "bias_ih": (gates * h_size,),
-            "bias_hh": (gates * h_size,), "weight_hr": (p_size, h_size)}[kind]
-    if arr.shape != want:
-      raise ValueError(
-          f"{fn}: `{found[k]}` has shape {arr.shape}, expected {want} for {config}, "
-          f"hidden_size={h_size}" + (f", proj_size={p_size}" if has_proj else "")
-          + f", input_size={in_size} (sizes read from layer 0).")
+        "hidden_size), but an LSTM needs proj_size < hidden_size.")
   dtypes = sorted({str(a.dtype) for a in arrays.values()})
   if dtype is None and len(dtypes) > 1:
     raise ValueError(

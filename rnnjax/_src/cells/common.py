@@ -17,7 +17,9 @@ class HiddenState(NamedTuple):
   h: jax.Array  # [..., H]
 
 
-def resolve_inits(kernel_init: Any, recurrent_init: Any) -> tuple[Any, Any]:
+def resolve_inits(fn: str, kernel_init: Any, recurrent_init: Any) -> tuple[Any, Any]:
+  kernel_init = checks.initializer(fn, "kernel_init", kernel_init)
+  recurrent_init = checks.initializer(fn, "recurrent_init", recurrent_init)
   return (kernel_init or cell_lib.default_kernel_init(),
           recurrent_init or cell_lib.default_recurrent_init())
 
@@ -25,6 +27,33 @@ def resolve_inits(kernel_init: Any, recurrent_init: Any) -> tuple[Any, Any]:
 def hidden_initial_carry(params_h: jax.Array, batch_shape: tuple[int, ...] = ()) -> HiddenState:
   """Zeros `[*batch_shape, H]` in the dtype of `params_h: [H, G*H]`."""
   return HiddenState(h=cell_lib.zeros(tuple(batch_shape), params_h.shape[0], params_h.dtype))
+
+
+def check_params(fn: str, params: Any, params_type: type) -> None:
+  """`params` must be the `params_type` that the factory `fn` (e.g. `"rnnjax.lstm"`) makes."""
+  checks.params(fn, params, params_type, made_by=fn)
+
+
+def check_initial_carry(fn: str, params: Any, params_type: type,
+                        batch_shape: Any) -> tuple[int, ...]:
+  """The checks of `initial_carry(params, batch_shape)`; returns `batch_shape` as a tuple."""
+  checks.params(f"{fn}.initial_carry", params, params_type, made_by=fn)
+  return checks.batch_shape(f"{fn}.initial_carry", batch_shape)
+
+
+def check_apply(fn: str, params: Any, params_type: type, carry: Any, x: Any,
+                input_size: Any, initial_carry: Any) -> None:
+  """The checks of `apply(params, carry, x)`, all at trace time.
+
+  `params` must be `params_type` (`input_size(params)` is its `I`); `x: [..., I]`
+  must have the params' dtype; `carry`
+  must have the structure and dtypes of `initial_carry(params)`, and the state
+  size on its trailing axes. So the new carry has the dtype of the carry given.
+  """
+  checks.params(f"{fn}.apply", params, params_type, made_by=fn)
+  checks.step_input(f"{fn}.apply", x, input_size(params), checks.params_dtype(params))
+  checks.step_carry(f"{fn}.apply", carry,
+                    jax.eval_shape(lambda p: initial_carry(p, ()), params))
 
 
 def factory_sizes(fn: str, hidden_size: Any) -> int:
@@ -60,6 +89,9 @@ def gated_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, ga
       b_i=b_i, b_h=b_h)
 
 
-def input_size_of(params: Any) -> int:
-  """The `I` of params with an input matrix `w_i: [I, ...]`."""
-  return params.w_i.shape[0]
+def input_size_of(fn: str, params_type: type) -> Any:
+  """`input_size(params)`: the `I` of params with an input matrix `w_i: [I, ...]`."""
+  def input_size(params: Any) -> int:
+    check_params(fn, params, params_type)
+    return params.w_i.shape[0]
+  return input_size

@@ -62,22 +62,26 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   checks.choice(fn, "nonlinearity", nonlinearity, tuple(_NONLINEARITIES))
   dtype = common.check_dtype(fn, dtype)
   act = _NONLINEARITIES[nonlinearity]
-  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+  k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
+  use_bias = checks.boolean(fn, "use_bias", use_bias)
 
   def init(key: jax.Array, input_size: int) -> ElmanParams:
+    checks.key(f"{fn}.init", "key", key)
     return ElmanParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 1, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias))
 
   def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, ElmanParams, batch_shape)
     return common.hidden_initial_carry(params.w_h, batch_shape)
 
   def apply(params: ElmanParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    common.check_apply(fn, params, ElmanParams, carry, x, input_size, initial_carry)
     h = act(cell_lib.affine(x, params.w_i, params.b_i)
             + cell_lib.affine(carry.h, params.w_h, params.b_h))
     return common.HiddenState(h=h), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)
+  input_size = common.input_size_of(fn, ElmanParams)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)

@@ -67,20 +67,24 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   fn = "rnnjax.gru"
   hidden_size = common.factory_sizes(fn, hidden_size)
   dtype = common.check_dtype(fn, dtype)
-  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+  reset_after = checks.boolean(fn, "reset_after", reset_after)
+  k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
+  use_bias = checks.boolean(fn, "use_bias", use_bias)
 
   def init(key: jax.Array, input_size: int) -> GRUParams:
+    checks.key(f"{fn}.init", "key", key)
     return GRUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 3, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias))
 
   def initial_carry(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, GRUParams, batch_shape)
     return common.hidden_initial_carry(params.w_h, batch_shape)
 
   def apply(params: GRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    common.check_apply(fn, params, GRUParams, carry, x, input_size, initial_carry)
     h = carry.h
     size = params.w_h.shape[0]
     xi_r, xi_z, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 3, axis=-1)
@@ -101,4 +105,5 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     return common.HiddenState(h=h), h
 
   fused.attach(apply, fused.gru_kernel(reset_after))
-  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)
+  input_size = common.input_size_of(fn, GRUParams)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)

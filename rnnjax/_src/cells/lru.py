@@ -7,7 +7,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, linear
@@ -32,15 +31,7 @@ class LRUParams(NamedTuple):
   d: jax.Array  # [I] when O == I (the paper's D ⊙ u); [I, O] otherwise (u @ d)
 
 
-def real_number(fn: str, name: str, value: Any) -> float:
-  """`value` as a finite Python float; TypeError if not a real number, ValueError if not finite."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-    raise TypeError(
-        f"{fn}: `{name}` must be a real number, got {value!r} of type {type(value).__name__}.")
-  out = float(value)
-  if not math.isfinite(out):
-    raise ValueError(f"{fn}: `{name}` must be finite, got {name}={value!r}.")
-  return out
+real_number = checks.real_number  # Kept under its old name for rglru.
 
 
 def _wide(dtype: Any) -> Any:
@@ -174,6 +165,7 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   dtype = common.check_dtype(fn, dtype)
 
   def init(key: jax.Array, input_size: int) -> LRUParams:
+    checks.key(f"{fn}.init", "key", key)
     size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     out = size if output_size is None else output_size
     rdt = _wide(dtype)
@@ -198,14 +190,15 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
     return LRUParams(*(p.astype(dtype) for p in params))
 
   def initial_carry(params: LRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, LRUParams, batch_shape)
     return common.HiddenState(h=cell_lib.zeros(
         tuple(batch_shape), params.nu_log.shape[0], _complex(params.nu_log.dtype)))
 
   def apply(params: LRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.b_re.shape[0])
-    h = diagonal(params) * carry.h.astype(_complex(params.nu_log.dtype)) + _drive(params, x)
+    common.check_apply(fn, params, LRUParams, carry, x, input_size, initial_carry)
+    h = diagonal(params) * carry.h + _drive(params, x)
     return common.HiddenState(h=h), _readout(params, h, x)
 
   def coefficients(params: LRUParams, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -216,5 +209,9 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   def readout(params: LRUParams, hs: jax.Array, xs: jax.Array) -> jax.Array:
     return _readout(params, hs, xs)
 
-  cell = cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.b_re.shape[0])
+  def input_size(params: LRUParams) -> int:
+    common.check_params(fn, params, LRUParams)
+    return params.b_re.shape[0]
+
+  cell = cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
   return linear.with_recurrence(cell, linear.LinearRecurrence(coefficients, readout))

@@ -81,10 +81,13 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
           f"{fn}: `proj_size` must be smaller than `hidden_size` (as in PyTorch), got "
           f"proj_size={proj_size}, hidden_size={hidden_size}.")
   dtype = common.check_dtype(fn, dtype)
-  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+  forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
+  k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
+  use_bias = checks.boolean(fn, "use_bias", use_bias)
   out_size = proj_size or hidden_size
 
   def init(key: jax.Array, input_size: int) -> LSTMParams:
+    checks.key(f"{fn}.init", "key", key)
     k_gates, k_p = jax.random.split(key)
     w_proj = None
     if proj_size is not None:
@@ -97,6 +100,7 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
         w_proj=w_proj)
 
   def initial_carry(params: LSTMParams, batch_shape: tuple[int, ...] = ()) -> LSTMState:
+    batch_shape = common.check_initial_carry(fn, params, LSTMParams, batch_shape)
     h_size, four_h = params.w_h.shape
     return LSTMState(h=cell_lib.zeros(tuple(batch_shape), h_size, params.w_h.dtype),
                      c=cell_lib.zeros(tuple(batch_shape), four_h // 4, params.w_h.dtype))
@@ -104,7 +108,7 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
   def apply(params: LSTMParams, carry: LSTMState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    common.check_apply(fn, params, LSTMParams, carry, x, input_size, initial_carry)
     z = cell_lib.affine(x, params.w_i, params.b_i) + cell_lib.affine(carry.h, params.w_h,
                                                                      params.b_h)
     i, f, g, o = jnp.split(z, 4, axis=-1)
@@ -115,4 +119,5 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     return LSTMState(h=h, c=c), h
 
   fused.attach(apply, fused.lstm_kernel)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)
+  input_size = common.input_size_of(fn, LSTMParams)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)

@@ -64,20 +64,25 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   fn = "rnnjax.mgu"
   hidden_size = common.factory_sizes(fn, hidden_size)
   dtype = common.check_dtype(fn, dtype)
-  k_init, r_init = common.resolve_inits(kernel_init, recurrent_init)
+  reset_after = checks.boolean(fn, "reset_after", reset_after)
+  forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
+  k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
+  use_bias = checks.boolean(fn, "use_bias", use_bias)
 
   def init(key: jax.Array, input_size: int) -> MGUParams:
+    checks.key(f"{fn}.init", "key", key)
     return MGUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 2, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias, fill={0: forget_bias}))
 
   def initial_carry(params: MGUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, MGUParams, batch_shape)
     return common.hidden_initial_carry(params.w_h, batch_shape)
 
   def apply(params: MGUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.w_i.shape[0])
+    common.check_apply(fn, params, MGUParams, carry, x, input_size, initial_carry)
     h = carry.h
     size = params.w_h.shape[0]
     xi_f, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 2, axis=-1)
@@ -94,4 +99,5 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     h = (1.0 - f) * n + f * h
     return common.HiddenState(h=h), h
 
-  return cell_lib.Cell(init, initial_carry, apply, input_size=common.input_size_of)
+  input_size = common.input_size_of(fn, MGUParams)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
@@ -112,40 +111,37 @@ def _minlstm_log_coefficients(pre: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 # ---- The cell, shared by both factories. ----
 
-def _check_bool(fn: str, name: str, value: Any) -> bool:
-  if not isinstance(value, (bool, np.bool_)):
-    raise TypeError(
-        f"{fn}: `{name}` must be a bool, got {value!r} of type {type(value).__name__}.")
-  return bool(value)
-
-
 def _minimal_cell(fn: str, params_type: type, gates: int, hidden_size: Any, *, log_space: Any,
                   use_bias: bool, kernel_init: Any, dtype: Any,
                   coefficients_of: Callable[[jax.Array, bool], tuple[jax.Array, jax.Array]],
                   log_coefficients_of: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
                   ) -> cell_lib.Cell:
   hidden_size = common.factory_sizes(fn, hidden_size)
-  log_space = _check_bool(fn, "log_space", log_space)
+  log_space = checks.boolean(fn, "log_space", log_space)
+  use_bias = checks.boolean(fn, "use_bias", use_bias)
   dtype = common.check_dtype(fn, dtype)
-  k_init = kernel_init or cell_lib.default_kernel_init()
+  k_init = checks.initializer(fn, "kernel_init", kernel_init) or cell_lib.default_kernel_init()
 
   def init(key: jax.Array, input_size: int) -> Any:
+    checks.key(f"{fn}.init", "key", key)
     input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     w = cell_lib.gate_blocks(k_init, key, input_size, hidden_size, gates, dtype)
     b = jnp.zeros((gates * hidden_size,), dtype) if use_bias else None
     return params_type(w=w, b=b)
 
   def input_size(params: Any) -> int:
+    common.check_params(fn, params, params_type)
     return params.w.shape[0]
 
   def initial_carry(params: Any, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, params_type, batch_shape)
     size = params.w.shape[-1] // gates
     return common.HiddenState(h=cell_lib.zeros(tuple(batch_shape), size, params.w.dtype))
 
   def apply(params: Any, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, input_size(params))
+    common.check_apply(fn, params, params_type, carry, x, input_size, initial_carry)
     a, b = coefficients_of(cell_lib.affine(x, params.w, params.b), log_space)
     h = a * carry.h + b
     return common.HiddenState(h=h), h

@@ -123,6 +123,7 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
   kernel_init = cell_lib.default_kernel_init()
 
   def init(key: jax.Array, input_size: int) -> RGLRUParams:
+    checks.key(f"{fn}.init", "key", key)
     size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     k_in, k_a, k_x, k_lambda = jax.random.split(key, 4)
     wide = jnp.float64 if dtype == jnp.float64 else jnp.float32
@@ -140,13 +141,14 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
 
   def initial_carry(params: RGLRUParams, batch_shape: tuple[int, ...] = ()
                     ) -> common.HiddenState:
+    batch_shape = common.check_initial_carry(fn, params, RGLRUParams, batch_shape)
     return common.HiddenState(h=cell_lib.zeros(
         tuple(batch_shape), params.a_param.shape[0], params.a_param.dtype))
 
   def apply(params: RGLRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    checks.step_input(f"{fn}.apply", x, params.w_in.shape[0])
+    common.check_apply(fn, params, RGLRUParams, carry, x, input_size, initial_carry)
     a, b = _step_coefficients(params, x, c)
     h = a * carry.h + b
     return common.HiddenState(h=h), h
@@ -155,6 +157,10 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
     checks.sequence_input(f"{fn} (coefficients)", xs, params.w_in.shape[0])
     return _step_coefficients(params, xs, c)
 
-  cell = cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_in.shape[0])
+  def input_size(params: RGLRUParams) -> int:
+    common.check_params(fn, params, RGLRUParams)
+    return params.w_in.shape[0]
+
+  cell = cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
   return linear.with_recurrence(cell, linear.LinearRecurrence(coefficients, None))
 
