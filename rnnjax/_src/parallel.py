@@ -2,17 +2,21 @@
 
 A linear cell's carry follows `h_t = a_t * h_{t-1} + b_t` (elementwise). Pairs
 `(a, b)` compose associatively, `(a1, b1) • (a2, b2) = (a1 * a2, a2 * b1 + b2)`,
-so all `h_t` come out of one prefix scan of depth `log T`. `unroll`'s options
-become edits of the pairs before the scan:
+so all `h_t` come out of one prefix scan of depth `log T`. The initial carry `h`
+enters after the scan: with `(A_t, B_t)` the prefix up to step `t`,
+`h_t = A_t * h + B_t`. `unroll`'s options become edits of the pairs before the scan:
 
-- the initial carry folds into the first step: `b_0 <- a_0 * h + b_0`;
 - a reset before step `t` restarts from `h̄ = initial_carry`: `(a_t, b_t) <- (0, a_t * h̄ + b_t)`;
-- a padded step keeps the carry: `(a_t, b_t) <- (1, 0)`, and its output is zero;
+- a padded step keeps the carry: `(a_t, b_t) <- (1, 0)`, and its output is zero
+  (its input is replaced by zeros first, as in `unroll`, so its values never
+  reach the coefficients, forwards or backwards);
 - `reverse` (with lengths) permutes each valid prefix exactly as `unroll` does.
 
 In log space (minGRU/minLSTM's `log_space=True`), pairs are `(log a, log b)`
 and compose as `(la1 + la2, logaddexp(lb1 + la2, lb2))`; zero is a large
-negative number, so gradients stay finite.
+negative number, so gradients stay finite. The initial carry still enters in
+linear space, `h_t = exp(log A_t) * h + exp(log B_t)`, so that a zero carry
+keeps its gradient (`log 0` has none).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
@@ -67,15 +72,24 @@ def _safe_log(h: jax.Array) -> jax.Array:
 
 
 def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
-  """All carries `h_t`, `[T, ..., S]`, from pairs `[T, ..., S]` and `h0: [..., S]`."""
+  """All carries `h_t`, `[T, ..., S]`, from pairs `[T, ..., S]` and `h0: [..., S]`.
+
+  The carry enters after the scan, linearly: with `(A_t, B_t)` the prefix of the
+  pairs, `h_t = A_t * h0 + B_t` (in log space `exp(log A_t) * h0 + exp(log B_t)`),
+  and `hs` come back in linear space. In log space this keeps `h0` out of any
+  logarithm: the log of a zero carry (the default one) would have a zero
+  gradient, where the true one is `A_t`.
+  """
   combine = _combine_log if log_space else _combine
 
-  def fold(a, b, h):  # The carry enters through the first step's `b`.
-    first = (jnp.logaddexp(a[0] + h, b[0]) if log_space else a[0] * h + b[0])
-    return b.at[0].set(first)
+  def run(a, b, h):  # The carries of one run of pairs, from the carry `h`.
+    big_a, big_b = jax.lax.associative_scan(combine, (a, b), axis=0)
+    if log_space:
+      return jnp.exp(big_a) * h + jnp.exp(big_b)
+    return big_a * h + big_b
 
   if engine == "parallel":
-    return jax.lax.associative_scan(combine, (a, fold(a, b, h0)), axis=0)[1]
+    return run(a, b, h0)
   num_steps = a.shape[0]
   k = min(chunk, num_steps)
   n_chunks = -(-num_steps // k)
@@ -89,8 +103,7 @@ def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
   b = b.reshape(n_chunks, k, *b.shape[1:])
 
   def body(h, pairs):
-    a_c, b_c = pairs
-    hs = jax.lax.associative_scan(combine, (a_c, fold(a_c, b_c, h)), axis=0)[1]
+    hs = run(*pairs, h)
     return hs[-1], hs
 
   _, hs = jax.lax.scan(body, h0, (a, b))
@@ -120,6 +133,12 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   `rnnjax.with_recurrence`), and for a `stack` of such cells, which runs layer
   after layer. A stack's dropout is not applied here (there is no `key`), as in
   `unroll` without a key: train a stack with dropout through `unroll`.
+
+  As in `unroll`, padded steps never reach the cell's arithmetic (their inputs
+  are replaced by zeros), so NaN or inf padding leaves outputs, carries and
+  gradients unchanged. The gradients equal the sequential engine's, also with
+  respect to a zero initial carry in log space (the carry is added in linear
+  space after the scan, never passed through a logarithm).
 
   Args:
     cell: a linear cell, or a `stack` of them.
@@ -175,7 +194,8 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
                               reverse=reverse, engine=engine, chunk=chunk)
       new_carry.append(c)
     return xs, tuple(new_carry)
-  valid, resets, idx = unroll_lib.time_masks(num_steps, batch_shape, lengths, resets, reverse)
+  xs, valid, resets, idx = unroll_lib.time_masks(xs, num_steps, batch_shape, lengths, resets,
+                                                 reverse)
   if idx is not None:
     xs, resets = unroll_lib._take_time((xs, resets), idx)
     if _perturbation is not None:
@@ -187,15 +207,18 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
       _perturbation = _perturbation[::-1]
 
   log_space = recurrence.log_coefficients is not None
-  if log_space and not isinstance(carry.h, jax.core.Tracer) and bool(jnp.any(carry.h < 0)):
+  # The value check runs on concrete carries only, in NumPy: a jnp op on a concrete carry
+  # closed over inside `jit` would give a tracer, and `bool` of it a raw JAX error.
+  if (log_space and not isinstance(carry.h, jax.core.Tracer)
+      and np.any(np.asarray(carry.h) < 0)):
     raise ValueError(
         f"{_FN}: a log-space cell needs a carry h >= 0 (its recurrence keeps h positive), got "
-        f"min(carry.h)={float(jnp.min(carry.h))}.")
+        f"min(carry.h)={float(np.min(np.asarray(carry.h)))}.")
   h0 = jnp.broadcast_to(carry.h, (*batch_shape, carry.h.shape[-1]))
   h_reset = jnp.broadcast_to(cell.initial_carry(params, batch_shape).h, h0.shape)
   if log_space:
     a, b = recurrence.log_coefficients(params, xs)
-    h0, h_reset = _safe_log(h0), _safe_log(h_reset)
+    h_reset = _safe_log(h_reset)
   else:
     a, b = recurrence.coefficients(params, xs)
   if resets is not None:
@@ -211,8 +234,6 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     # step s+1 receives (after the edits above, so resets and padding treat it as a carry).
     b = b.at[1:].add(a[1:] * _perturbation[:-1].astype(b.dtype))
   hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
-  if log_space:
-    hs = jnp.exp(hs)
   ys = hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
   if valid is not None:
     ys = jnp.where(_expand(valid, ys), ys, jnp.zeros_like(ys))

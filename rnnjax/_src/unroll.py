@@ -41,12 +41,20 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
                    ) -> tuple[int, tuple[int, ...], Any, jax.Array | None, jax.Array | None]:
   """The input checks of every engine: `(num_steps, batch_shape, carry, lengths, resets)`.
 
-  `xs` must be `[T, *batch, I]` with the cell's input size; a missing carry
-  becomes the cell's initial carry, a given one must match its structure and
-  shapes; `lengths` and `resets` are checked against `T` and the batch shape.
+  `xs` must be `[T, *batch, I]` with the cell's input size and the params' dtype
+  (when the params have one floating dtype); a missing carry becomes the cell's
+  initial carry, a given one must match its structure, shapes and dtypes;
+  `lengths` and `resets` are checked against `T` and the batch shape.
   """
+  if not isinstance(cell, cell_lib.Cell):
+    hint = (" A Layer runs over whole sequences by itself: call `layer.apply(params, xs)`."
+            if type(cell).__name__ == "Layer" else "")
+    raise TypeError(
+        f"{fn}: `cell` must be an rnnjax.Cell (e.g. rnnjax.lstm(64) or a stack of cells), got "
+        f"{type(cell).__name__}.{hint}")
   in_size = cell.input_size(params) if cell.input_size is not None else None
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
+  checks.input_dtype(fn, "xs", xs, checks.params_dtype(params))
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
   else:
@@ -58,28 +66,37 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
   return num_steps, batch_shape, carry, lengths, resets
 
 
-def time_masks(num_steps: int, batch_shape: tuple[int, ...], lengths: jax.Array | None,
-               resets: jax.Array | None, reverse: bool):
-  """The engines' view of `lengths`, `resets` and `reverse` (checked inputs).
+def time_masks(xs: jax.Array, num_steps: int, batch_shape: tuple[int, ...],
+               lengths: jax.Array | None, resets: jax.Array | None, reverse: bool):
+  """The engines' view of `xs`, `lengths`, `resets` and `reverse` (checked inputs).
 
-  Returns `(valid, resets, idx)`: `valid` (`[T, *batch]`, False at padded steps;
-  None without lengths), `resets` as the scan sees them (backwards, a segment
-  starts at the step before the next segment's first step), and `idx`, the
-  permutation that reverses each sequence's valid prefix in place (an
-  involution; None unless `reverse` with lengths).
+  Returns `(xs, valid, resets, idx)`: `xs` with zeros at padded steps, `valid`
+  (`[T, *batch]`, False at padded steps; None without lengths), `resets` as the
+  scan sees them (backwards, a segment starts at the step before the next
+  segment's first step), and `idx`, the permutation that reverses each
+  sequence's valid prefix in place (an involution; None unless `reverse` with
+  lengths).
+
+  Zeroing the padding here, once for every engine, is what keeps its values
+  (NaN, inf, 1e30: whatever a data pipeline pads with) out of the cells'
+  arithmetic in both passes. Masking only the outputs is not enough: the
+  backward pass multiplies the padded branch by a zero cotangent, and
+  `0 * nan = nan` would reach every parameter gradient. `where` sends a cotangent
+  of exactly 0 to the padded inputs.
   """
   time = jnp.arange(num_steps, dtype=jnp.int32).reshape((num_steps,) + (1,) * len(batch_shape))
   valid = idx = None
   if lengths is not None:  # Any integer dtype; values beyond [0, T] act as if clipped.
     lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
     valid = time < lengths
+    xs = jnp.where(valid[..., None], xs, jnp.zeros_like(xs))
   if resets is not None and reverse:
     resets = jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])])
     if valid is not None:
       resets = resets & (time + 1 < lengths)
   if reverse and valid is not None:
     idx = jnp.where(valid, lengths - 1 - time, time)
-  return valid, resets, idx
+  return xs, valid, resets, idx
 
 
 def _check_unroll(value: Any) -> int | bool:
@@ -168,7 +185,10 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       (in `[0, T]`). Steps at or after a sequence's length leave its carry
       unchanged and give zero outputs, so `final_carry` is the carry after its
       last valid step. Values are checked when `lengths` is concrete; under `jit`
-      values outside `[0, T]` act as if clipped into it.
+      values outside `[0, T]` act as if clipped into it. Padded steps never reach
+      the cell's arithmetic: their inputs are replaced by zeros first, so
+      whatever the padding holds (NaN, inf, 1e30) leaves outputs, carries and
+      gradients unchanged, and the gradient for `xs` there is exactly zero.
     resets: optional bool `[T, ...]`; `resets[t]` marks the first step of a new
       segment (an episode boundary, or the start of the next packed sequence):
       that element's carry is set back to `cell.initial_carry(params)` (not to
@@ -209,9 +229,10 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       _FN, cell, params, xs, carry, lengths, resets)
   unroll = _check_unroll(unroll)
   remat = _check_remat(remat)
+  checks.key(_FN, "key", key, optional=True)
   reset_carry = cell.initial_carry(params, batch_shape) if resets is not None else None
 
-  valid, resets, idx = time_masks(num_steps, batch_shape, lengths, resets, reverse)
+  xs, valid, resets, idx = time_masks(xs, num_steps, batch_shape, lengths, resets, reverse)
   kernel = fused_lib.kernel_of(cell.apply) if fused and remat is False else None
   if kernel is not None:
     keep = None if resets is None else ~resets
@@ -283,6 +304,7 @@ def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any
   """
   fn = "rnnjax.truncated_unroll"
   chunk = checks.positive_int(fn, "chunk", chunk)
+  checks.key(fn, "key", key, optional=True)
   in_size = cell.input_size(params) if cell.input_size is not None else None
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
   if carry is None:
