@@ -1,6 +1,8 @@
 """Tests for the training core: the step, fit, checkpoints, truncated BPTT, the model."""
 
+import functools
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -79,15 +81,6 @@ def test_several_steps_per_call_equal_single_steps():
                          state_a, state_b)
 
 
-def test_donated_step_invalidates_its_input():
-  step = rnnjax.make_train_step(LOSS, OPT)
-  state = _fresh_state()
-  new_state, _ = step(state, DATA(0))
-  assert int(new_state.step) == 1
-  leaf = jax.tree_util.tree_leaves(state.params)[0]
-  assert leaf.is_deleted() or jax.default_backend() == "cpu"  # CPU may ignore donation.
-
-
 def test_fit_learns_far_below_the_baseline(tmp_path):
   baseline = float(jnp.mean(DATA(10_000)["ys"] ** 2))  # predicting zero
   eval_fn = jax.jit(lambda p: {"mse": LOSS(p, DATA(10_000), None)})
@@ -126,11 +119,14 @@ def test_fit_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
   result = rnnjax.fit(_fresh_state(), STEP1, data, num_steps=50, out_dir=tmp_path,
                       checkpoint_every=10, progress=False)
   assert result.status == "diverged"
-  assert "at step 24" in result.message and "step 20" in result.message
-  assert int(result.state.step) == 20
-  assert rnnjax.Checkpointer(tmp_path / "checkpoint").all_steps() == [10, 20]
-  expected = rnnjax.fit(_fresh_state(), STEP1, DATA, num_steps=20, progress=False).state
+  assert "loss became nan at step 24" in result.message
+  assert "last good checkpoint (step 23)" in result.message
+  # The state before the rejected step is returned, and saved for `resume`.
+  assert int(result.state.step) == 23
+  assert rnnjax.Checkpointer(tmp_path / "checkpoint").all_steps() == [10, 20, 23]
+  expected = rnnjax.fit(_fresh_state(), STEP1, DATA, num_steps=23, progress=False).state
   _tree_assert_equal(result.state, expected)
+  _tree_assert_equal(rnnjax.Checkpointer(tmp_path / "checkpoint").restore(expected), expected)
 
 
 def test_fit_argument_errors():
@@ -153,6 +149,257 @@ def test_checkpointer_keeps_the_newest_and_ignores_unfinished_saves(tmp_path):
   ckpt.close()
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     rnnjax.Checkpointer(tmp_path / "empty").restore({"w": jnp.zeros(3)})
+
+
+# ---- Rejected steps, steps per call, the metrics log: a tiny problem that compiles at once ----
+
+TINY_OPT = optax.sgd(1e30, momentum=0.5)  # With the usual scale 1e-31 of the loss: rate 0.1.
+
+
+def _tiny_loss(params, batch, key):
+  """A loss that stays finite while its gradient or the update does not, on demand.
+
+  `jnp.where` keeps `sqrt(z e^w0)` out of the forward pass where `z < 0`, but
+  the gradient there is `0 x NaN = NaN`; a scale `s = 1e12` instead of `1e-31`
+  leaves the loss (~1e12) and the gradient norm finite, and the update
+  (`1e30 x ~1e12`) overflows to inf.
+  """
+  del key
+  w = params["w"]
+  z = batch["z"] * jnp.exp(w[0])
+  err = (batch["x"] * w - 1.0) ** 2 + jnp.where(z > 0, jnp.sqrt(z), 0.0)
+  return jnp.mean(batch["s"] * err)  # x: [2, 3], s and z: [2, 1]
+
+
+def _tiny_data(poison=None, at=-1):
+  """`data(step)` on the host; at step index `at`, `poison` makes the loss, the gradient
+  or the new params non-finite."""
+  def data(step):
+    x = np.random.default_rng(step).normal(size=(2, 3)).astype(np.float32)
+    s, z = np.full((2, 1), 1e-31, np.float32), np.ones((2, 1), np.float32)
+    if step == at:
+      if poison == "loss":
+        x[0, 0] = np.inf
+      elif poison == "gradient":
+        z[1, 0] = -1.0
+      else:
+        x[:], s[:] = 1.0, 1e12
+    return {"x": x, "s": s, "z": z}
+  return data
+
+
+def _tiny_state():
+  return rnnjax.train_state({"w": jnp.array([0.5, -0.3, 0.2])}, TINY_OPT, jax.random.key(3))
+
+
+TINY1 = rnnjax.make_train_step(_tiny_loss, TINY_OPT)  # Both donate their input state.
+TINY3 = rnnjax.make_train_step(_tiny_loss, TINY_OPT, steps_per_call=3)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_reference():
+  """The states after 0, 1, ..., 9 clean steps: a plain loop of the one-step function."""
+  state, data, states = _tiny_state(), _tiny_data(), []
+  for step in range(10):
+    states.append(jax.tree_util.tree_map(np.asarray, state))
+    if step < 9:
+      state, _ = TINY1(state, data(step))
+  return states
+
+
+def _assert_states_close(a, b):
+  """Integers (step, key) equal, floats to rounding (a `lax.scan` may round otherwise)."""
+  def check(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    if np.issubdtype(x.dtype, np.inexact):
+      assert np.all(np.isfinite(x))
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    else:
+      np.testing.assert_array_equal(x, y)
+  jax.tree_util.tree_map(check, a, b)
+
+
+def _deleted(state):
+  return any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
+
+
+def test_the_donating_step_aliases_its_state_and_computes_what_the_plain_one_does():
+  plain = rnnjax.make_train_step(_tiny_loss, TINY_OPT, donate=False)
+  batch = _tiny_data()(0)
+  n = len(jax.tree_util.tree_leaves(_tiny_state()))
+  assert TINY1.lower(_tiny_state(), batch).as_text().count("tf.aliasing_output") == n
+  assert plain.lower(_tiny_state(), batch).as_text().count("tf.aliasing_output") == 0
+  expected = plain(_tiny_state(), batch)
+  state = _tiny_state()
+  got = TINY1(state, batch)
+  assert _deleted(state)  # The buffers went to the output.
+  _tree_assert_equal(got, expected)
+  _assert_states_close(got[0], _tiny_reference()[1])
+
+
+@pytest.mark.parametrize("poison", ["loss", "gradient", "params"])
+def test_a_rejected_step_returns_its_input_state_and_so_do_the_later_steps_of_its_call(poison):
+  data, ref = _tiny_data(poison, at=1), _tiny_reference()
+  state, metrics = TINY1(TINY1(_tiny_state(), data(0))[0], data(1))
+  assert not metrics["accepted"]
+  _assert_states_close(state, ref[1])
+  batches = jax.tree_util.tree_map(lambda *x: np.stack(x), *[data(s) for s in range(3)])
+  state, metrics = TINY3(_tiny_state(), batches)
+  assert metrics["accepted"].tolist() == [True, False, False]
+  _assert_states_close(state, ref[1])
+
+
+def test_a_nan_gradient_is_rejected_even_where_the_optimizer_would_hide_it():
+  step = rnnjax.make_train_step(_tiny_loss, optax.chain(optax.zero_nans(), TINY_OPT))
+  data = _tiny_data("gradient", at=0)
+  state = rnnjax.train_state(_tiny_state().params, optax.chain(optax.zero_nans(), TINY_OPT),
+                             jax.random.key(3))
+  expected = jax.tree_util.tree_map(np.asarray, state)
+  new_state, metrics = step(state, data(0))
+  assert not metrics["accepted"] and np.isnan(metrics["grad_norm"])
+  _tree_assert_equal(new_state, expected)
+
+
+@pytest.mark.parametrize(("spc", "bad"), [(1, 6), (3, 5)])
+@pytest.mark.parametrize(("poison", "what"), [
+    ("loss", "the loss became inf"), ("gradient", "the gradient norm became nan"),
+    ("params", "the new params became non-finite")])
+def test_fit_stops_at_a_non_finite_step_and_keeps_and_saves_the_state_before_it(
+    tmp_path, spc, bad, poison, what):
+  # Checkpoints every 3 steps: the call holding step `bad` reaches the boundary 6, where a
+  # non-finite state was saved as the last good one.
+  result = rnnjax.fit(_tiny_state(), TINY1 if spc == 1 else TINY3, _tiny_data(poison, bad - 1),
+                      num_steps=9, steps_per_call=spc, out_dir=tmp_path, checkpoint_every=3,
+                      progress=False)
+  assert result.status == "diverged"
+  assert f"{what} at step {bad}" in result.message, result.message
+  assert f"last good checkpoint (step {bad - 1})" in result.message
+  ref = _tiny_reference()
+  assert int(result.state.step) == bad - 1
+  _assert_states_close(result.state, ref[bad - 1])
+  ckpt = rnnjax.Checkpointer(tmp_path / "checkpoint")
+  assert ckpt.all_steps() == [3, bad - 1]
+  for step in ckpt.all_steps():
+    _assert_states_close(ckpt.restore(ref[0], step=step), ref[step])
+  ckpt.close()
+
+
+def test_fit_refuses_a_step_made_for_another_steps_per_call_before_training():
+  state = _tiny_state()
+  with pytest.raises(ValueError, match=(
+      r"rnnjax\.fit: `train_step` returned a loss of shape \(\) for a batch of 3 steps "
+      r"stacked .*\(steps_per_call=3\).* seems made with steps_per_call=1, .*Make it with "
+      r"steps_per_call=3, or pass fit steps_per_call=1")):
+    rnnjax.fit(state, TINY1, _tiny_data(), num_steps=6, steps_per_call=3, progress=False)
+  with pytest.raises(ValueError, match=(
+      r"rnnjax\.fit: `train_step` returned a loss of shape \(2,\) for one step's batch, as a "
+      r"step made with make_train_step\(\.\.\., steps_per_call > 1\) does .*fit was given "
+      r"steps_per_call=1")):
+    rnnjax.fit(state, TINY3, _tiny_data(), num_steps=6, progress=False)
+  assert not _deleted(state)  # Refused before the first step: nothing was donated.
+  # A plain Python step function is not traced ahead: its first call's loss gives it away.
+  with pytest.raises(ValueError, match=r"loss of shape \(\) for a batch of 3 steps"):
+    rnnjax.fit(state, lambda s, b: TINY1(s, b), _tiny_data(), num_steps=6, steps_per_call=3,
+               progress=False)
+
+
+def test_fit_runs_the_last_partial_call():
+  result = rnnjax.fit(_tiny_state(), TINY3, _tiny_data(), num_steps=7, steps_per_call=3,
+                      progress=False)
+  assert result.status == "completed"
+  assert int(result.state.step) == 7
+  _assert_states_close(result.state, _tiny_reference()[7])
+
+
+def _log(path):
+  """`metrics.jsonl`'s records, without the timing, which differs between runs."""
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+
+
+def test_resume_moves_a_damaged_metrics_log_aside_and_keeps_its_intact_records(tmp_path):
+  kw = {"log_every": 1, "checkpoint_every": 2, "progress": False}
+  full = rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=6, out_dir=tmp_path / "full",
+                    **kw)
+  rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=4, out_dir=tmp_path / "part", **kw)
+  log = tmp_path / "part" / "metrics.jsonl"
+  lines = log.read_bytes().splitlines(keepends=True)
+  assert len(lines) == 4
+  # Binary garbage for step 2's record, and a record cut short by a kill.
+  damaged = lines[0] + b"\xff\xfe\x00garbage\n" + b"".join(lines[2:]) + b'{"step": 5, "lo'
+  log.write_bytes(damaged)
+  (tmp_path / "part" / "metrics.jsonl.damaged-1").write_bytes(b"an older one")
+  with pytest.warns(UserWarning, match=(
+      r"rnnjax\.fit: .*metrics\.jsonl has 2 damaged line\(s\) \(line 2 first: .*\); moved it "
+      r"to .*metrics\.jsonl\.damaged-2 and kept its 3 intact records up to step 4\.")):
+    resumed = rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=6,
+                         out_dir=tmp_path / "part", resume=True, **kw)
+  assert (tmp_path / "part" / "metrics.jsonl.damaged-2").read_bytes() == damaged
+  assert (tmp_path / "part" / "metrics.jsonl.damaged-1").read_bytes() == b"an older one"
+  expected = _log(tmp_path / "full" / "metrics.jsonl")
+  assert _log(log) == expected[:1] + expected[2:]
+  _tree_assert_equal(resumed.state, full.state)
+
+
+def test_resume_without_a_checkpoint_writes_the_log_again_instead_of_twice(tmp_path):
+  kw = {"out_dir": tmp_path, "log_every": 1, "progress": False}
+  rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=2, **kw)
+  shutil.rmtree(tmp_path / "checkpoint")  # As if killed before its first checkpoint.
+  rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=3, resume=True, **kw)
+  assert [r["step"] for r in _log(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_fit_without_resume_refuses_an_out_dir_holding_a_run_and_removes_nothing(tmp_path):
+  def fit(out):
+    rnnjax.fit(_tiny_state(), TINY1, _tiny_data(), num_steps=2, out_dir=out, progress=False)
+
+  (tmp_path / "metrics.jsonl").write_text("my notes\n")
+  with pytest.raises(ValueError, match=(
+      r"rnnjax\.fit: `out_dir` .* already holds metrics\.jsonl of an earlier run, which fit "
+      r"never removes or overwrites\. Pass resume=True to continue that run, or use another")):
+    fit(tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == "my notes\n"
+  assert not (tmp_path / "checkpoint").exists()
+  (tmp_path / "other" / "checkpoint" / "5").mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"already holds checkpoint of an earlier run"):
+    fit(tmp_path / "other")
+  assert (tmp_path / "other" / "checkpoint" / "5").is_dir()
+  with pytest.raises(ValueError, match=r"rnnjax\.fit: `out_dir` must be a directory, but .* "
+                     r"is a file"):
+    fit(tmp_path / "metrics.jsonl")
+  with pytest.raises(ValueError, match=r"rnnjax\.fit: cannot make `out_dir` .*/run: "):
+    fit(tmp_path / "metrics.jsonl" / "run")
+  assert (tmp_path / "metrics.jsonl").read_text() == "my notes\n"
+
+
+def test_the_cli_clip_is_a_global_norm_clip():
+  """`--clip c` scales the whole gradient by `min(1, c / ||g||)` (NumPy) before Adam."""
+  from rnnjax import cli
+
+  config = {"lr": 0.1, "steps": 100, "clip": 1.0}
+  grads = [{"a": [3.0, 0.5], "b": [-0.2, 0.1]}, {"a": [0.1, -0.2], "b": [0.3, 0.05]},
+           {"a": [-2.0, 0.4], "b": [0.9, 1.5]}, {"a": [0.2, 0.1], "b": [-0.1, 0.3]}]
+  grads = [{k: np.asarray(v, np.float32) for k, v in g.items()} for g in grads]
+
+  def clipped(g):
+    norm = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in g.values()))
+    return {k: (x * min(1.0, config["clip"] / norm)).astype(np.float32) for k, x in g.items()}
+
+  def updates(config, grads):
+    opt = cli.make_optimizer(config)
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    opt_state, out, update = opt.init(params), [], jax.jit(opt.update)
+    for g in grads:
+      u, opt_state = update(g, opt_state, params)
+      out.append(np.concatenate([u["a"], u["b"]]))
+    return np.stack(out)
+
+  got = updates(config, grads)
+  unclipped = {**config, "clip": 1e30}
+  np.testing.assert_allclose(got, updates(unclipped, [clipped(g) for g in grads]),
+                             rtol=1e-5, atol=1e-8)
+  assert not np.allclose(got, updates(unclipped, grads), rtol=1e-3)  # The clip matters here.
 
 
 # ---- Truncated BPTT ----
