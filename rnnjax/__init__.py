@@ -20,6 +20,7 @@ from rnnjax._src.cells.minimal import minlstm as minlstm
 from rnnjax._src.cells.rglru import RGLRUParams as RGLRUParams
 from rnnjax._src.cells.rglru import rglru as rglru
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
+from rnnjax._src.checkpoint import CheckpointError as CheckpointError
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
 from rnnjax._src.layers import Layer as Layer
@@ -48,6 +49,7 @@ __all__ = (
     "BidirectionalParams",
     "BidirectionalState",
     "Cell",
+    "CheckpointError",
     "Checkpointer",
     "ElmanParams",
     "FitResult",

@@ -613,3 +613,123 @@ def test_text_plots_work_for_a_corpus_without_the_default_prompt(text_run, tmp_p
   assert (out / "loss.png").exists()
   samples = (out / "samples.txt").read_text()
   assert set(samples) <= {*TEXT, "\n"}
+
+
+# --- what --out holds: nothing lost, nothing silent ----------------------------------------
+
+TINY = ["train", "--task", "adding", "--length", "5", "--hidden", "4", "--batch-size", "4",
+        "--steps-per-call", "2", "--eval-every", "0", "--quiet", "--no-plots", "--steps", "6",
+        "--checkpoint-every", "2", "--keep", "5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+  """A clean run of `TINY`, with checkpoints of steps 2, 4 and 6."""
+  out = tmp_path_factory.mktemp("tiny") / "run"
+  with jax.numpy_dtype_promotion("standard"):
+    code, _, stderr = _main([*TINY, "--out", str(out)])
+  assert code == 0, stderr
+  assert _steps(out) == [2, 4, 6]
+  return out
+
+
+def _files(directory: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_on_resume_and_the_files_are_kept(
+    tmp_path, tiny_reference):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_reference, run)
+  data = next((run / "checkpoint" / "6" / "state" / "d").iterdir())
+  data.write_bytes(data.read_bytes()[:10])  # truncated
+  (run / "checkpoint" / "4" / "state" / "manifest.ocdbt").unlink()  # missing
+  damaged = {step: _files(run / "checkpoint" / step) for step in ("4", "6")}
+  code, _, stderr = _main([*TINY, "--out", str(run), "--resume"])
+  assert code == 0, stderr
+  assert "Traceback" not in stderr
+  warned = stderr.strip().splitlines()
+  assert len(warned) == 2, stderr
+  for line, step in zip(warned, ("6", "4"), strict=True):
+    assert line.startswith("rnnjax train: warning: skipped the damaged checkpoint "
+                           f"{run / 'checkpoint' / step} (")
+    assert f"kept unchanged in {run / 'checkpoint' / step}.damaged" in line
+  # It went on from step 2 and ended as the clean run did.
+  assert _steps(run) == [2, 4, 6]
+  _assert_trees_equal(_final_state(run), _final_state(tiny_reference))
+  for step, files in damaged.items():
+    assert _files(run / "checkpoint" / f"{step}.damaged") == files
+
+
+def test_a_diverged_run_starts_again_with_the_advised_lr_in_the_same_out(tmp_path,
+                                                                          tiny_reference):
+  run = tmp_path / "run"
+  args = [*TINY, "--out", str(run), "--lr", "1e30"]
+  code, _, stderr = _main(args)
+  assert code == 3, stderr
+  assert "Traceback" not in stderr and "optax" not in stderr
+  advice = re.search(r"run the same command with --lr (\S+) ", stderr)
+  assert advice, stderr
+  assert float(advice.group(1)) == cli.TASK_DEFAULTS["adding"]["lr"]  # below 1e30
+  diverged = _files(run)
+  assert "diverged.json" in diverged
+
+  args[args.index("1e30")] = advice.group(1)  # The advice, as given: no --overwrite.
+  code, _, stderr = _main(args)
+  assert code == 0, stderr
+  assert f"held a run that diverged; starting again there with lr: 1e+30 -> 0.002. Its files " \
+         f"were moved to {run / 'previous-1'}" in stderr
+  assert _files(run / "previous-1") == diverged  # nothing of the diverged run is lost
+  assert not (run / "diverged.json").exists()
+  # The new run is the clean run of the same flags (the default --lr is 0.002).
+  _assert_trees_equal(_final_state(run), _final_state(tiny_reference))
+  assert json.loads((run / "summary.json").read_text())["config"]["lr"] == 0.002
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_other_flags(
+    tmp_path, tiny_reference):
+  run = tmp_path / "run"
+  run.mkdir()
+  config = {**json.loads((tiny_reference / "config.json").read_text()), "hidden": 8}
+  (run / "config.json").write_text(json.dumps(config))
+  (run / "metrics.jsonl").write_text('{"step": 2, "loss": 0.5}\n')
+  (run / "checkpoint" / "2.orbax-checkpoint-tmp-7").mkdir(parents=True)  # an unfinished save
+  earlier = _files(run)
+  code, _, stderr = _main([*TINY, "--out", str(run)])
+  assert code == 0, stderr
+  assert "held a run that saved no checkpoint" in stderr and "hidden: 8 -> 4" in stderr
+  assert _files(run / "previous-1") == earlier
+  assert (run / "previous-1" / "checkpoint" / "2.orbax-checkpoint-tmp-7").is_dir()
+  _assert_trees_equal(_final_state(run), _final_state(tiny_reference))
+
+
+def test_an_out_holding_a_metrics_log_rnnjax_did_not_write_is_refused_and_kept(tmp_path,
+                                                                               no_compute):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"my": "own experiment"}\n')
+  (run / "notes.txt").write_text("mine")
+  for extra in ([], ["--overwrite"]):
+    code, _, stderr = _main([*TINY, "--out", str(run), *extra])
+    assert code == 2
+    assert stderr.count("\n") == 1 and "metrics.jsonl" in stderr and "no config.json" in stderr
+  assert _files(run) == {"metrics.jsonl": b'{"my": "own experiment"}\n', "notes.txt": b"mine"}
+
+
+def test_overwrite_removes_only_the_files_of_the_earlier_run(tmp_path, tiny_reference):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_reference, run)
+  config = {**json.loads((run / "config.json").read_text()), "hidden": 8}
+  (run / "config.json").write_text(json.dumps(config))  # an earlier run of other flags
+  (run / "notes.txt").write_text("mine")
+  (run / "metrics.jsonl.mine").write_text("{}\n")
+  (run / "data").mkdir()
+  (run / "data" / "x.csv").write_text("1,2\n")
+  mine = {k: v for k, v in _files(run).items() if k.split("/")[0] in (
+      "notes.txt", "metrics.jsonl.mine", "data")}
+  code, _, stderr = _main([*TINY, "--out", str(run), "--overwrite"])
+  assert code == 0, stderr
+  after = _files(run)
+  assert {k: after[k] for k in mine} == mine
+  _assert_trees_equal(_final_state(run), _final_state(tiny_reference))

@@ -1,0 +1,205 @@
+"""The `rnnjax` command line's arguments: the parser, the choices and defaults, the checks.
+
+`build_parser` parses; `resolve_config` fills in the task defaults and refuses
+inconsistent flags (a `UsageError`) before any compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+from typing import Any
+
+import rnnjax
+from rnnjax._src import bench
+from rnnjax.cli.errors import UsageError
+
+# The parser's description (the first line of `rnnjax --help`).
+DESCRIPTION = "The `rnnjax` command line: `rnnjax train`, `rnnjax sample` and `rnnjax bench`."
+
+
+def _lru(hidden: int) -> rnnjax.Cell:
+  """The LRU with `hidden` complex states and `hidden` outputs (its default is the input size)."""
+  return rnnjax.lru(hidden, output_size=hidden)
+
+
+def _rglru(hidden: int) -> rnnjax.Cell:
+  return rnnjax.rglru(hidden)
+
+
+# `--cell` choices: each builds a cell of hidden (output) size H from H. The gated cells and
+# minGRU/minLSTM have H-wide outputs; the LRU has H complex states read out to H real outputs.
+CELLS = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu,
+         "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru}
+
+# Per-task defaults, chosen so each finishes in about a minute on 2 CPU cores.
+TASK_DEFAULTS = {
+    "co2": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3),
+    "sunspots": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3),
+    "adding": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3),
+    "copy": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3),
+    "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3),
+}
+# Which tasks read --length, --delay and --window.
+TASK_OPTIONS = {"length": ("adding",), "delay": ("copy",), "window": ("co2", "sunspots", "text")}
+SEED_LIMIT = 2**32  # JAX keys take 32-bit seeds: 2**32 would give the key of 0.
+
+
+class _Parser(argparse.ArgumentParser):
+  """An `ArgumentParser` whose errors are one line (with a pointer to --help)."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(kind):
+  def parse(text: str):
+    try:
+      value = kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+    if not value > 0:
+      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value):
+      raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+  parse.__name__ = f"positive {kind.__name__}"
+  return parse
+
+
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+  if not 0 <= value < SEED_LIMIT:
+    raise argparse.ArgumentTypeError(
+        f"must be in [0, {SEED_LIMIT - 1}] (JAX keys take 32-bit seeds), got {text}")
+  return value
+
+
+def _parsed_by(parse):
+  """An argparse `type` from a parser that raises ValueError with a full message."""
+  def wrapped(text: str):
+    try:
+      return parse(text)
+    except ValueError as err:
+      raise argparse.ArgumentTypeError(str(err)) from None
+  wrapped.__name__ = parse.__name__
+  return wrapped
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="rnnjax", description=DESCRIPTION)
+  sub = parser.add_subparsers(dest="command")
+  t = sub.add_parser("train", help="train a model on a task (default: LSTM on CO2)")
+  t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2")
+  t.add_argument("--cell", choices=sorted(CELLS), default="lstm")
+  t.add_argument("--hidden", type=_positive(int), help="hidden size (task default)")
+  t.add_argument("--layers", type=_positive(int), default=1)
+  t.add_argument("--dropout", type=float, default=0.0, help="between layers, in [0, 1)")
+  t.add_argument("--steps", type=_positive(int), help="training steps (task default)")
+  t.add_argument("--batch-size", type=_positive(int), help="sequences per batch (task default)")
+  t.add_argument("--lr", type=_positive(float), help="peak Adam learning rate (task default)")
+  t.add_argument("--clip", type=_positive(float), default=1.0, help="global gradient-norm clip")
+  t.add_argument("--seed", type=_seed, default=0)
+  t.add_argument("--out", default=None, help="run directory (default: runs/TASK-CELL)")
+  t.add_argument("--resume", action="store_true",
+                 help="continue the run in --out from its newest intact checkpoint (with the "
+                 "same flags; --lr and --clip may change)")
+  t.add_argument("--overwrite", action="store_true",
+                 help="replace the run in --out: delete the files rnnjax train wrote there "
+                 "(never others) and start again")
+  t.add_argument("--text", default=None, help="text file for --task text (default: the "
+                 "Python standard library's sources on this machine)")
+  t.add_argument("--length", type=_positive(int), default=None,
+                 help="sequence length T of the adding problem (default 100)")
+  t.add_argument("--delay", type=_positive(int), default=None, help="copy-memory delay")
+  t.add_argument("--window", type=_positive(int), default=None, help="training window length")
+  t.add_argument("--tbptt", type=_positive(int), default=None,
+                 help="truncated BPTT: stop gradients every this many steps")
+  t.add_argument("--engine", choices=("auto", "sequential", "parallel", "chunked"),
+                 default="auto", help="how a linear cell (mingru, minlstm, lru, rglru) runs "
+                 "over time: auto picks per backend and length (sequential on CPU, a parallel "
+                 "scan on GPU/TPU); parallel and chunked need a linear cell and no --tbptt "
+                 "or --dropout")
+  t.add_argument("--steps-per-call", type=_positive(int), default=10,
+                 help="training steps per jitted call")
+  t.add_argument("--eval-every", type=int, default=500)
+  t.add_argument("--checkpoint-every", type=int, default=500)
+  t.add_argument("--keep", type=_positive(int), default=3, help="checkpoints to keep")
+  t.add_argument("--no-plots", action="store_true")
+  t.add_argument("--diagnostics", action="store_true",
+                 help="measure gradient norms over time and step-Jacobian spectra on one "
+                 "training batch, at initialisation and after training: diagnostics.json/png")
+  t.add_argument("--quiet", action="store_true", help="no progress line")
+  s = sub.add_parser("sample", help="generate text from a trained text model")
+  s.add_argument("--out", required=True, help="the run directory of `rnnjax train --task text`")
+  s.add_argument("--length", type=_positive(int), default=400)
+  s.add_argument("--prompt", default="def ")
+  s.add_argument("--temperature", type=_positive(float), default=0.8)
+  s.add_argument("--seed", type=_seed, default=0)
+  b = sub.add_parser(
+      "bench", help="time rnnjax against Flax and the other installed peers (quick by default)",
+      description="Times a one-layer LSTM/GRU (forward, forward+backward, one Adam step) in "
+      "rnnjax, rnnjax without its fast path (rnnjax_generic), Flax, and Equinox, Haiku and "
+      "PyTorch where installed (pip install -e '.[bench]'), after checking that all compute "
+      "the same function. Prints a Markdown table; 'rnnjax / peer' below 1 means rnnjax is "
+      "faster.")
+  b.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
+  b.add_argument("--sizes", nargs="+", type=_parsed_by(bench.parse_size), metavar="B,T,I,H",
+                 help=f"batch, steps, input and hidden size (default {bench.CLI_SIZE}; "
+                 "with --full, the five benchmark sizes)")
+  b.add_argument("--repeats", type=_positive(int),
+                 help="timed calls per contender and mode (default 5; 20 with --full)")
+  b.add_argument("--full", action="store_true",
+                 help=f"all five sizes ({' '.join(bench.SIZES)}), 20 repeats")
+  b.add_argument("--contenders", type=_parsed_by(bench.parse_contenders), metavar="NAME,...",
+                 help=f"a subset of {','.join(bench.CONTENDERS)} (default: all installed; "
+                 "rnnjax, the reference, always runs)")
+  b.add_argument("--threads", type=_positive(int),
+                 help="PyTorch's threads (default: the cores this process may use)")
+  b.add_argument("--seed", type=_seed, default=0)
+  b.add_argument("--json-out", metavar="PATH", help="also write one JSON line per measurement "
+                 "(for benchmarks/plot_results.py)")
+  return parser
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  config = {k: v for k, v in vars(args).items() if k != "command"}
+  for name, value in TASK_DEFAULTS[args.task].items():
+    if config.get(name) is None:
+      config[name] = value
+  if config["out"] is None:
+    config["out"] = str(pathlib.Path("runs") / f"{args.task}-{args.cell}")
+  if not config["out"].strip():
+    raise UsageError(f"--out must name a directory, got {config['out']!r}")
+  if config["resume"] and config["overwrite"]:
+    raise UsageError("--resume continues the run in --out and --overwrite deletes it: pass "
+                     "one of them, not both")
+  for name, tasks_using in TASK_OPTIONS.items():
+    if config[name] is not None and args.task not in tasks_using:
+      raise UsageError(f"--{name} is only used with --task {' or '.join(tasks_using)}, got "
+                       f"--task {args.task}")
+  if not 0.0 <= config["dropout"] < 1.0:
+    raise UsageError(f"--dropout must be in [0, 1), got {config['dropout']}")
+  if config["text"] is not None and args.task != "text":
+    raise UsageError(f"--text is only used with --task text, got --task {args.task}")
+  engine = config.get("engine", "auto")
+  if engine in ("parallel", "chunked"):
+    if not rnnjax.is_linear(CELLS[args.cell](1)):
+      raise UsageError(f"--engine {engine} needs a linear cell (mingru, minlstm, lru, rglru), "
+                       f"got --cell {args.cell}")
+    for flag, value in (("--tbptt", config["tbptt"]), ("--dropout", config["dropout"] or None)):
+      if value is not None:
+        raise UsageError(f"--engine {engine} runs whole sequences as a scan; {flag} needs "
+                         f"--engine sequential or auto, got {flag} {value}")
+  if config["eval_every"] < 0 or config["checkpoint_every"] < 0:
+    raise UsageError("--eval-every and --checkpoint-every must be >= 0")
+  spc = config["steps_per_call"]
+  if config["checkpoint_every"] % spc:
+    config["checkpoint_every"] = max(spc, config["checkpoint_every"] // spc * spc)
+  if config["text"] is not None:
+    config["text"] = str(pathlib.Path(config["text"]).absolute())
+  return config
