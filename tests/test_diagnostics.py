@@ -25,7 +25,7 @@ T, B, I, H = 6, 2, 3, 4
 
 
 def _loop_grad_norms(cell, params, xs, loss_fn, lengths=None):
-  """||dL/dh_t|| by a Python loop with one explicit perturbation per step."""
+  """`(L, ||dL/dh_t||, per-leaf norms)` by a Python loop with one perturbation per step."""
   batch = xs.shape[1:-1]
   carry0 = cell.initial_carry(params, batch)
 
@@ -43,9 +43,12 @@ def _loop_grad_norms(cell, params, xs, loss_fn, lengths=None):
     return loss_fn(jnp.stack(ys))
 
   eps = [jax.tree_util.tree_map(jnp.zeros_like, carry0) for _ in range(xs.shape[0])]
-  grads = jax.grad(loss)(eps)
-  return jnp.stack([jnp.sqrt(sum(jnp.sum(jnp.abs(g) ** 2, axis=-1)
-                                 for g in jax.tree_util.tree_leaves(gt))) for gt in grads])
+  value, grads = jax.value_and_grad(loss)(eps)
+  squares = [[jnp.sum(jnp.abs(g) ** 2, axis=-1) for g in jax.tree_util.tree_leaves(gt)]
+             for gt in grads]  # [t][leaf]
+  norms = jnp.stack([jnp.sqrt(sum(sq)) for sq in squares])
+  leaf_norms = tuple(jnp.sqrt(jnp.stack(leaf)) for leaf in zip(*squares, strict=True))
+  return value, norms, leaf_norms
 
 
 def _last_loss(ys):
@@ -62,13 +65,14 @@ def test_gradient_norms_equal_a_python_loop(name):
   xs = jax.random.normal(jax.random.key(1), (T, B, I))
   lengths = jnp.array([T, 3])
   got = diagnostics.gradient_norms(cell, params, xs, _last_loss, lengths=lengths)
-  want = _loop_grad_norms(cell, params, xs, _last_loss, lengths=lengths)
+  want_loss, want, want_leaves = _loop_grad_norms(cell, params, xs, _last_loss,
+                                                  lengths=lengths)
   np.testing.assert_allclose(got.norms, want, rtol=1e-5, atol=1e-7)
   assert float(got.norms[4, 1]) == 0.0  # a padded step: the carry does not change there
-  np.testing.assert_allclose(got.loss, _last_loss(rnnjax.unroll(cell, params, xs,
-                                                                lengths=lengths)[0]), rtol=1e-6)
-  total = jnp.sqrt(sum(n ** 2 for n in got.leaf_norms))
-  np.testing.assert_allclose(total, got.norms, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got.loss, want_loss, rtol=1e-6)  # the loop's, not `unroll`'s
+  assert len(got.leaf_norms) == len(want_leaves)  # each leaf, in tree order (a stack: h, c, h)
+  for got_leaf, want_leaf in zip(got.leaf_norms, want_leaves, strict=True):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("engine", ["parallel", "chunked"])

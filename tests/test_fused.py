@@ -4,8 +4,9 @@ The reference is `unroll(..., fused=False)`: the generic engine, `jax.grad` and
 `jax.jvp` straight through `lax.scan` over `cell.apply` (itself checked against
 NumPy loops and finite differences in test_cells/test_unroll). The fast path must
 give the same outputs, final carries, reverse-mode gradients (params, xs and the
-initial carry) and forward-mode tangents, to 1e-5 relative in float32, for every
-combination of lengths, resets, reverse and initial carry.
+initial carry) and forward-mode tangents, to 1e-5 relative in float32, with lengths,
+resets, reverse and a zero or random initial carry, alone and together (`VARIANTS`:
+one compiled program per cell holds them all, and hypothesis varies only values).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jax.test_util import check_grads
 
 import rnnjax
 from rnnjax._src import fused as fused_lib
+from tests import reference as ref
 
 T, B, I, H = 6, 3, 4, 5
 RTOL = 1e-5
@@ -59,55 +61,86 @@ def _perturbed_params(cell, seed: int):
                                                                              strict=True)])
 
 
-def _loss(name, use_lengths, use_resets, reverse, fused, params, xs, carry, lengths, resets,
-          weights):
-  ys, final = rnnjax.unroll(_CELL_OBJECTS[name], params, xs, carry,
-                            lengths=lengths if use_lengths else None,
-                            resets=resets if use_resets else None, reverse=reverse, fused=fused)
-  # Weighted outputs and a nonlinear function of the final carry, so that every
-  # output cotangent and both carry cotangents are non-trivial.
-  return jnp.sum(ys * weights) + sum(jnp.sum(jnp.sin(leaf))
-                                     for leaf in jax.tree_util.tree_leaves(final))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _everything(name, use_lengths, use_resets, reverse, fused, params, xs, carry, lengths,
-                resets, weights, tangents):
-  """Outputs, final carry, gradients and a JVP of one configuration, in one compile."""
-  cell = _CELL_OBJECTS[name]
-  out = rnnjax.unroll(cell, params, xs, carry, lengths=lengths if use_lengths else None,
-                      resets=resets if use_resets else None, reverse=reverse, fused=fused)
-  loss = functools.partial(_loss, name, use_lengths, use_resets, reverse, fused)
-  grads = jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry, lengths, resets, weights)
-  _, tangent = jax.jvp(lambda p, x, c: loss(p, x, c, lengths, resets, weights),
-                       (params, xs, carry), tangents)
-  return out, grads, tangent
-
-
-@given(name=st.sampled_from(sorted(CELLS)), use_lengths=st.booleans(),
-       use_resets=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 2**16),
-       lengths=hnp.arrays(np.int32, (B,), elements=st.integers(0, T)),
-       resets=hnp.arrays(np.bool_, (T, B)))
-def test_fast_path_equals_plain_autodiff(name, use_lengths, use_resets, reverse, seed, lengths,
-                                         resets):
+@functools.partial(jax.jit, static_argnums=0)
+def _inputs(name, seed, zero_carry):
+  """Params, xs, initial carry (zero or random), output weights and tangents of one example."""
   cell = _CELL_OBJECTS[name]
   params = _perturbed_params(cell, seed)
   k = jax.random.split(jax.random.key(seed + 7), 4)
   xs = jax.random.normal(k[0], (T, B, I))
   leaves, tree = jax.tree_util.tree_flatten(cell.initial_carry(params, (B,)))
   carry = jax.tree_util.tree_unflatten(tree, [
-      jax.random.normal(kk, a.shape) for a, kk in zip(
+      jnp.where(zero_carry, 0.0, jax.random.normal(kk, a.shape)) for a, kk in zip(
           leaves, jax.random.split(k[1], len(leaves)), strict=True)])
   weights = jax.random.normal(k[2], (T, B, H))
   tangents = jax.tree_util.tree_map(
       lambda a: jax.random.normal(k[3], a.shape, a.dtype), (params, xs, carry))
-  args = (params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets), weights, tangents)
-  ref = _everything(name, use_lengths, use_resets, reverse, False, *args)
-  got = _everything(name, use_lengths, use_resets, reverse, True, *args)
-  assert _max_rel(ref[0], got[0]) <= RTOL  # outputs and final carry
-  for ref_g, got_g in zip(ref[1], got[1], strict=True):  # d params, d xs, d carry
-    assert _max_rel(ref_g, got_g) <= RTOL
-  assert _max_rel(ref[2], got[2]) <= RTOL  # forward mode
+  return params, xs, carry, weights, tangents
+
+
+# The options one compiled program covers: forwards, lengths alone and resets alone;
+# backwards, resets with and without lengths (every pair of options meets). Hypothesis
+# varies only values: lengths of T are no padding, resets all False are no reset, a zero
+# carry is the cells' default initial carry. A stack passes the options on to each of
+# its layers, which run every variant as cells of their own: for the stack, all options
+# together in both directions.
+VARIANTS = (  # (reverse, lengths, resets)
+    (False, True, False), (False, False, True), (True, False, True), (True, True, True))
+STACK_VARIANTS = ((False, True, True), (True, True, True))
+
+
+def _variants(name: str) -> tuple[tuple[bool, bool, bool], ...]:
+  return STACK_VARIANTS if name == "stack" else VARIANTS
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _everything(name, params, xs, carry, lengths, resets, weights, tangents):
+  """For every variant, generic and fast path: outputs, final carry, gradients, a JVP.
+
+  One compile per cell; returns `{(reverse, use_lengths, use_resets, fused): (out,
+  (d params, d xs, d carry), tangent of out)}`.
+  """
+  cell = _CELL_OBJECTS[name]
+  results = {}
+  for reverse, use_lengths, use_resets in _variants(name):
+    for fused in (False, True):
+      def run(p, x, c, reverse=reverse, use_lengths=use_lengths, use_resets=use_resets,
+              fused=fused):
+        return rnnjax.unroll(cell, p, x, c, lengths=lengths if use_lengths else None,
+                             resets=resets if use_resets else None, reverse=reverse,
+                             fused=fused)
+
+      def loss(p, x, c, run=run):
+        # Weighted outputs and a nonlinear function of the final carry, so that every
+        # output cotangent and both carry cotangents are non-trivial.
+        out = run(p, x, c)
+        ys, final = out
+        value = jnp.sum(ys * weights) + sum(jnp.sum(jnp.sin(leaf))
+                                            for leaf in jax.tree_util.tree_leaves(final))
+        return value, out
+
+      grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, carry)
+      # Forward mode: the tangents of the outputs and the final carry, leaf by leaf
+      # (a scalar loss's tangent can cancel to near zero and lose its relative scale).
+      _, tangent = jax.jvp(run, (params, xs, carry), tangents)
+      results[(reverse, use_lengths, use_resets, fused)] = (out, grads, tangent)
+  return results
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@given(seed=st.integers(0, 2**16), zero_carry=st.booleans(),
+       lengths=hnp.arrays(np.int32, (B,), elements=st.integers(0, T)),
+       resets=hnp.arrays(np.bool_, (T, B)))
+def test_fast_path_equals_plain_autodiff(name, seed, zero_carry, lengths, resets):
+  params, xs, carry, weights, tangents = _inputs(name, seed, zero_carry)
+  results = _everything(name, params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets),
+                        weights, tangents)
+  for variant in _variants(name):
+    want, got = results[(*variant, False)], results[(*variant, True)]
+    assert _max_rel(want[0], got[0]) <= RTOL, variant  # outputs and final carry
+    for want_g, got_g in zip(want[1], got[1], strict=True):  # d params, d xs, d carry
+      assert _max_rel(want_g, got_g) <= RTOL, variant
+    assert _max_rel(want[2], got[2]) <= RTOL, variant  # forward mode: d outputs, d final carry
 
 
 def _uses_fast_path(cell, params, xs, **kwargs) -> bool:
@@ -151,6 +184,58 @@ def test_stack_with_active_dropout_steps_all_layers_together():
                          key=jax.random.key(1))
 
 
+def test_stack_with_dropout_and_a_key_equals_the_generic_path():
+  """With a key the stack's dropout is on: `unroll` must give what the generic path gives
+  with the same key, on a fixed input, and differ from the result without dropout."""
+  cell = _CELL_OBJECTS["stack"]  # dropout=0.5 after the LSTM
+  params = _perturbed_params(cell, 13)
+  xs = jax.random.normal(jax.random.key(14), (T, B, I))
+  lengths, resets = jnp.array([T, 4, 0]), jnp.zeros((T, B), bool).at[2, 0].set(True)
+
+  @jax.jit
+  def run(p, x, key):
+    outs = []
+    for opts in ({}, dict(lengths=lengths, resets=resets, reverse=True)):
+      outs.append((rnnjax.unroll(cell, p, x, key=key, **opts),
+                   rnnjax.unroll(cell, p, x, key=key, fused=False, **opts),
+                   rnnjax.unroll(cell, p, x, **opts)))
+    return outs
+
+  for got, generic, no_dropout in run(params, xs, jax.random.key(15)):
+    assert _max_rel(generic, got) <= RTOL
+    assert _max_rel(no_dropout[0], got[0]) > 0.1  # the dropout was applied
+
+
+def test_gru_reset_before_with_resets_equals_the_numpy_equations():
+  """The fast path of `gru(reset_after=False)` with resets, with and without lengths, in both
+  directions, on fixed inputs, against the float64 NumPy loop of tests/reference.py."""
+  cell = _CELL_OBJECTS["gru_reset_before"]
+  assert fused_lib.kernel_of(cell.apply) is not None
+  params = _perturbed_params(cell, 16)
+  xs = jax.random.normal(jax.random.key(17), (T, B, I))
+  h0 = rnnjax.HiddenState(jax.random.normal(jax.random.key(18), (B, H)))
+  lengths = np.array([T, 4, 5])
+  resets = np.zeros((T, B), bool)
+  resets[[2, 4], 0] = True  # two segments inside the sequence
+  resets[[0, 3, 5], 1] = True  # at the first step, inside, and in the padding
+  resets[1, 2] = True
+  options = [(reverse, use_lengths) for reverse in (False, True) for use_lengths in (False, True)]
+
+  @jax.jit
+  def run(p, x, c):
+    return [rnnjax.unroll(cell, p, x, c, lengths=lengths if use_lengths else None,
+                          resets=resets, reverse=reverse) for reverse, use_lengths in options]
+
+  step = lambda state, x: ref.gru_step(params, state, x, reset_after=False)
+  for (reverse, use_lengths), (ys, final) in zip(options, run(params, xs, h0), strict=True):
+    want_ys, (want_h,) = ref.run_batch(
+        step, (h0.h,), xs, lengths=lengths if use_lengths else None, resets=resets,
+        reverse=reverse, zero_state=(np.zeros((B, H)),))
+    tol = dict(rtol=1e-5, atol=1e-6, err_msg=f"reverse={reverse}, lengths={use_lengths}")
+    np.testing.assert_allclose(ys, want_ys, **tol)
+    np.testing.assert_allclose(final.h, want_h, **tol)
+
+
 def test_wrapped_apply_loses_the_fast_path():
   """A cell whose `apply` is replaced runs the replacement, never the built-in kernel."""
   cell = rnnjax.lstm(H)
@@ -178,10 +263,14 @@ def test_any_number_of_batch_axes(batch_shape):
     ys, final = rnnjax.unroll(cell, p, x, lengths=lengths, fused=fused)
     return jnp.sum(ys ** 2) + jnp.sum(final.c)
 
-  assert _max_rel(rnnjax.unroll(cell, params, xs, lengths=lengths, fused=False),
-                  rnnjax.unroll(cell, params, xs, lengths=lengths)) <= RTOL
-  assert _max_rel(jax.grad(loss, (0, 1))(params, xs, False),
-                  jax.grad(loss, (0, 1))(params, xs, True)) <= RTOL
+  @jax.jit
+  def both(p, x):  # (generic, fast): outputs and final carry, gradients w.r.t. params and xs
+    return [(rnnjax.unroll(cell, p, x, lengths=lengths, fused=fused),
+             jax.grad(loss, (0, 1))(p, x, fused)) for fused in (False, True)]
+
+  (ref_out, ref_grads), (out, grads) = both(params, xs)
+  assert _max_rel(ref_out, out) <= RTOL
+  assert _max_rel(ref_grads, grads) <= RTOL
 
 
 def test_vmap_over_the_fast_path_equals_a_loop():
@@ -189,9 +278,9 @@ def test_vmap_over_the_fast_path_equals_a_loop():
   params = _perturbed_params(cell, 5)
   xs = jax.random.normal(jax.random.key(6), (2, T, B, I))  # two independent sequences batches
   grad = jax.grad(lambda p, x: jnp.sum(rnnjax.unroll(cell, p, x)[0] ** 2))
-  batched = jax.vmap(grad, in_axes=(None, 0))(params, xs)
-  looped = [jax.grad(lambda p, x: jnp.sum(rnnjax.unroll(cell, p, x, fused=False)[0] ** 2))(
-      params, x) for x in xs]
+  batched = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(params, xs)
+  generic = jax.jit(jax.grad(lambda p, x: jnp.sum(rnnjax.unroll(cell, p, x, fused=False)[0] ** 2)))
+  looped = [generic(params, x) for x in xs]
   for i, one in enumerate(looped):
     assert _max_rel(one, jax.tree_util.tree_map(lambda a, i=i: a[i], batched)) <= RTOL
 
@@ -205,6 +294,6 @@ def test_fast_path_gradients_match_finite_differences_both_modes(name):
     xs = jax.random.normal(jax.random.key(10), (4, 2, I), jnp.float64)
     lengths = jnp.array([4, 2], jnp.int32)
     resets = jnp.array([[0, 0], [0, 1], [1, 0], [0, 0]], bool)
-    run = lambda p, x: rnnjax.unroll(cell, p, x, lengths=lengths, resets=resets)
+    run = jax.jit(lambda p, x: rnnjax.unroll(cell, p, x, lengths=lengths, resets=resets))
     assert fused_lib.kernel_of(cell.apply) is not None
     check_grads(run, (params, xs), order=1, modes=["fwd", "rev"])

@@ -7,6 +7,7 @@ the `live` tests compare against torch directly when it is installed.
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -116,18 +117,20 @@ def test_fixture_round_trip(path):
 
 def test_structure_of_the_returned_layer():
   data, _ = load(FIXTURES[0].with_name("torch_lstm_l2_bi_bf.npz"))
-  layer, params = pytorch.from_torch(data, mode="LSTM", prefix="rnn.")
+  _, params = pytorch.from_torch(data, mode="LSTM", prefix="rnn.")
   assert isinstance(params, tuple) and len(params) == 2
   assert isinstance(params[1], rnnjax.BidirectionalParams)
   assert params[1].backward.w_i.shape == (10, 20)  # weight_ih_l1_reverse.T: [2H, 4H]
   np.testing.assert_array_equal(params[0].backward.b_h, data["rnn.bias_hh_l0_reverse"])
   data, _ = load(FIXTURES[0].with_name("torch_gru_l2.npz"))
-  layer, params = pytorch.from_torch(data, mode="GRU", prefix="rnn.")
+  _, params = pytorch.from_torch(data, mode="GRU", prefix="rnn.")
   assert all(isinstance(p, rnnjax.GRUParams) for p in params)
-  # The same layer as written by hand: `rnnjax.rnn(rnnjax.stack([gru(5)] * 2))`.
+  # The same layer written by hand, `rnnjax.rnn(rnnjax.stack([gru(5)] * 2))`, gives with these
+  # params what PyTorch gave (stored: from a zero state, time first).
   by_hand = rnnjax.rnn(rnnjax.stack([rnnjax.gru(5)] * 2))
-  both = jax.jit(lambda p, x: (layer.apply(p, x)[0], by_hand.apply(p, x)[0]))
-  np.testing.assert_array_equal(*both(params, data["x"]))
+  ys, carry = jax.jit(by_hand.apply)(params, data["x"])
+  close(ys, data["y"])
+  close(np.stack([c.h for c in carry]), data["h_n"])
 
 
 def test_dtype_argument_and_training_dropout():
@@ -264,6 +267,44 @@ def test_errors_for_shapes_and_modes():
     f(make_sd(), mode="LSTM", num_layers=0)
   with raises(r"`bias` must be a bool or None, got 1", TypeError):
     f(make_sd(), mode="LSTM", bias=1)
+
+
+WRONG_SHAPE_CONFIGS = {
+    "lstm": dict(mode="LSTM"), "lstm_no_bias": dict(mode="LSTM", bias=False),
+    "lstm_proj": dict(mode="LSTM", proj_size=2),
+    "lstm_l2_bi_proj": dict(mode="LSTM", num_layers=2, bidirectional=True, proj_size=3),
+    "gru": dict(mode="GRU"), "gru_no_bias": dict(mode="GRU", bias=False),
+    "gru_l3": dict(mode="GRU", num_layers=3),
+    "rnn_l2_bi": dict(mode="RNN_TANH", num_layers=2, bidirectional=True),
+    "rnn_no_bias": dict(mode="RNN_RELU", bias=False),
+}
+
+
+@pytest.mark.parametrize("config", WRONG_SHAPE_CONFIGS)
+def test_a_wrong_shape_is_blamed_on_its_own_key(config):
+  # Before, the sizes were read from weight_hh_l0 (or weight_hr_l0), so a wrong weight_hh_l0
+  # was reported as a wrong weight_ih_l0. Each key in turn gets one axis one longer (and,
+  # for the recurrent matrix, the transpose); the message must name that key, its shape
+  # and the shape it should have. Where two keys contradict each other with nothing else
+  # to decide (two keys that both give the proj_size), both are named.
+  kw = dict(WRONG_SHAPE_CONFIGS[config])
+  mode = kw.pop("mode")
+  sd = make_sd(mode, **kw)
+  pytorch.from_torch(sd, mode=mode)  # The intact state_dict converts.
+  cases = []
+  for key, arr in sd.items():
+    for axis in range(arr.ndim):
+      if key == "weight_ih_l0" and axis == 1 and not kw.get("bidirectional"):
+        continue  # Any input size is legal.
+      shape = list(arr.shape)
+      shape[axis] += 1
+      cases.append((key, np.zeros(shape, np.float32)))
+    if key.startswith("weight_hh") and arr.shape[0] != arr.shape[1]:
+      cases.append((key, np.ascontiguousarray(arr.T)))
+  for key, bad in cases:
+    with raises(re.escape(f"`{key}` has shape {bad.shape}") + r"(, | = .*: )"
+                + re.escape(f"expected {sd[key].shape}")):
+      pytorch.from_torch({**sd, key: bad}, mode=mode)
 
 
 def test_errors_of_the_export_and_state_helpers():

@@ -5,7 +5,8 @@ NumPy loops of every option in test_unroll, and each linear cell's `apply`
 against a loop of its paper's equations in its own test file. Here every linear
 cell must give the same outputs, final carries and gradients (params, xs and
 initial carry) through `parallel_unroll(engine="parallel" | "chunked")`, to 1e-5
-relative in float32, over random lengths, resets, directions and carries.
+relative in float32, over random lengths, resets and carries (zero ones too) in both
+directions (one compiled program per cell holds every option; hypothesis varies values).
 """
 
 from __future__ import annotations
@@ -108,7 +109,6 @@ def _real_sum(tree) -> jax.Array:
                      else jnp.sin(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _run(name, engine, use_lengths, use_resets, reverse, params, xs, carry, lengths, resets,
          weights):
   cell = CELLS[name]
@@ -127,30 +127,69 @@ def _run(name, engine, use_lengths, use_resets, reverse, params, xs, carry, leng
   return go(params, xs, carry), jax.grad(loss, argnums=(0, 1, 2))(params, xs, carry)
 
 
-@given(name=st.sampled_from(sorted(CELLS)), engine=st.sampled_from(["parallel", "chunked"]),
-       use_lengths=st.booleans(), use_resets=st.booleans(), reverse=st.booleans(),
-       seed=st.integers(0, 2**16),
-       lengths=hnp.arrays(np.int32, (B,), elements=st.integers(0, T)),
-       resets=hnp.arrays(np.bool_, (T, B)))
-def test_parallel_and_chunked_equal_sequential(name, engine, use_lengths, use_resets, reverse,
-                                               seed, lengths, resets):
+# The options one compiled program covers: forwards, lengths alone and resets alone;
+# backwards, resets with and without lengths (every pair of options meets). Hypothesis
+# varies only values: lengths of T are no padding, resets all False are no reset, a zero
+# carry is the cells' default initial carry. A stack passes the options on to each of
+# its layers, which run every variant as cells of their own: for the stack, all options
+# together in both directions.
+VARIANTS = (  # (reverse, lengths, resets)
+    (False, True, False), (False, False, True), (True, False, True), (True, True, True))
+STACK_VARIANTS = ((False, True, True), (True, True, True))
+
+
+def _variants(name: str) -> tuple[tuple[bool, bool, bool], ...]:
+  return STACK_VARIANTS if name == "stack" else VARIANTS
+
+
+ENGINES = ("sequential", "parallel", "chunked")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _run_all(name, params, xs, carry, lengths, resets, weights):
+  """`{(engine, *variant): (outputs and final carry, gradients)}`: one compile per cell."""
+  return {(engine, *variant): _run(name, engine, *variant[1:], variant[0], params, xs, carry,
+                                   lengths, resets, weights)
+          for engine in ENGINES for variant in _variants(name)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _inputs(name, seed, zero_carry):
+  """Params, xs, initial carry (zero or random) and output weights of one example."""
   cell = CELLS[name]
   k = jax.random.split(jax.random.key(seed), 4)
   params = cell.init(k[0], I)
   xs = jax.random.normal(k[1], (T, B, I))
   carry = _random_like(k[2], cell.initial_carry(params, (B,)), positive=name.endswith("_log"))
+  # A zero carry is the default one (for the log-space cells, the edge of their domain).
+  carry = jax.tree_util.tree_map(lambda c: jnp.where(zero_carry, jnp.zeros_like(c), c), carry)
   out_size = cell_lib.output_size(cell, params, I)
-  weights = jax.random.normal(k[3], (T, B, out_size))
-  args = (params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets), weights)
-  (ref_out, ref_grads) = _run(name, "sequential", use_lengths, use_resets, reverse, *args)
-  (out, grads) = _run(name, engine, use_lengths, use_resets, reverse, *args)
-  assert _max_rel(ref_out, out) <= RTOL
-  for ref_g, g in zip(ref_grads, grads, strict=True):
-    assert _max_rel(ref_g, g) <= RTOL
+  return params, xs, carry, jax.random.normal(k[3], (T, B, out_size))
 
 
-@pytest.mark.parametrize("engine, reverse", [("parallel", False), ("chunked", True)])
-def test_a_stack_of_linear_cells_with_every_option(engine, reverse):
+@pytest.mark.parametrize("name", sorted(CELLS))
+@given(seed=st.integers(0, 2**16), zero_carry=st.booleans(),
+       lengths=hnp.arrays(np.int32, (B,), elements=st.integers(0, T)),
+       resets=hnp.arrays(np.bool_, (T, B)))
+def test_parallel_and_chunked_equal_sequential(name, seed, zero_carry, lengths, resets):
+  params, xs, carry, weights = _inputs(name, seed, zero_carry)
+  results = _run_all(name, params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets),
+                     weights)
+  _assert_engines_equal_sequential(name, results)
+
+
+def _assert_engines_equal_sequential(name, results):
+  for variant in _variants(name):
+    ref_out, ref_grads = results[("sequential", *variant)]
+    for engine in ENGINES[1:]:
+      out, grads = results[(engine, *variant)]
+      assert _max_rel(ref_out, out) <= RTOL, (engine, variant)
+      for ref_g, g in zip(ref_grads, grads, strict=True):
+        assert _max_rel(ref_g, g) <= RTOL, (engine, variant)
+
+
+def test_a_stack_of_linear_cells_with_every_option():
+  """Fixed lengths, resets and carry (no draw), through the property test's program."""
   name = "stack"
   cell = CELLS[name]
   k = jax.random.split(jax.random.key(7), 4)
@@ -160,11 +199,39 @@ def test_a_stack_of_linear_cells_with_every_option(engine, reverse):
   lengths = jnp.array([T, 4, 0])
   resets = jnp.zeros((T, B), bool).at[2, 0].set(True).at[5, 1].set(True)
   args = (params, jax.random.normal(k[1], (T, B, I)), carry, lengths, resets, weights)
-  (ref_out, ref_grads) = _run(name, "sequential", True, True, reverse, *args)
-  (out, grads) = _run(name, engine, True, True, reverse, *args)
-  assert _max_rel(ref_out, out) <= RTOL
-  for ref_g, g in zip(ref_grads, grads, strict=True):
-    assert _max_rel(ref_g, g) <= RTOL
+  _assert_engines_equal_sequential(name, _run_all(name, *args))
+
+
+@pytest.mark.parametrize("name", ["diagonal", "mingru_log", "lru", "stack"])
+def test_reverse_without_lengths_equals_a_python_loop(name):
+  """`reverse=True` without `lengths` on fixed inputs (no draw): the parallel and chunked
+  engines against `cell.apply` stepped by a Python loop over `t = T-1, ..., 0`, without and
+  with resets (each segment runs backwards on its own, from the cell's initial carry)."""
+  cell = CELLS[name]
+  k = jax.random.split(jax.random.key(21), 3)
+  params = cell.init(k[0], I)
+  xs = jax.random.normal(k[1], (T, B, I))
+  carry = _random_like(k[2], cell.initial_carry(params, (B,)), positive=name.endswith("_log"))
+  resets = jnp.zeros((T, B), bool).at[3, 0].set(True).at[1, 1].set(True).at[5, 1].set(True)
+
+  @jax.jit
+  def run(p, x, c):
+    return {(engine, with_resets): rnnjax.parallel_unroll(
+        cell, p, x, c, resets=resets if with_resets else None, reverse=True, engine=engine,
+        chunk=3) for engine in ENGINES[1:] for with_resets in (False, True)}
+
+  got = run(params, xs, carry)
+  zero = cell.initial_carry(params, (B,))
+  for with_resets in (False, True):
+    c, ys = carry, [None] * T
+    for t in reversed(range(T)):
+      if with_resets and t + 1 < T:  # A segment began at t + 1: the one ending at t restarts.
+        c = jax.tree_util.tree_map(lambda z, h, t=t: jnp.where(resets[t + 1][:, None], z, h),
+                                   zero, c)
+      c, ys[t] = cell.apply(params, c, xs[t])
+    want = (jnp.stack(ys), c)
+    for engine in ENGINES[1:]:
+      assert _max_rel(want, got[(engine, with_resets)]) <= RTOL, (engine, with_resets)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 50])
@@ -214,3 +281,47 @@ def test_wrapping_apply_drops_the_recurrence():
   cell = CELLS["diagonal"]
   assert linear.recurrence_of(cell) is not None
   assert linear.recurrence_of(cell._replace(apply=lambda *a, **k: cell.apply(*a, **k))) is None
+
+
+@pytest.mark.parametrize("make", [rnnjax.mingru, rnnjax.minlstm], ids=["mingru", "minlstm"])
+def test_log_space_gradient_for_a_zero_initial_carry(make):
+  """Issue 12, defect 11: the log-space scan took `log h0`, whose gradient is 0 at `h0 = 0`
+  (the default carry). Rows: a zero carry, mixed zero and positive features, a positive one.
+  References: the sequential engine, and float64 one-sided finite differences (second order,
+  so that zero carries stay zero or positive) of each engine's own loss."""
+  steps, batch, inputs, hidden = 6, 3, 4, 5
+  with jax.enable_x64(True):
+    cell = make(hidden, log_space=True, dtype=jnp.float64)
+    k = jax.random.split(jax.random.key(11), 4)
+    params = cell.init(k[0], inputs)
+    xs = jax.random.normal(k[1], (steps, batch, inputs), jnp.float64)
+    weights = jax.random.normal(k[2], (steps, batch, hidden), jnp.float64)
+    h0 = jnp.abs(jax.random.normal(k[3], (batch, hidden), jnp.float64)) + 0.1
+    h0 = h0.at[0].set(0.0).at[1, ::2].set(0.0)
+    lengths = jnp.array([steps, 4, steps])
+
+    def loss_of(engine):
+      def loss(h):
+        ys, final = rnnjax.parallel_unroll(cell, params, xs, common.HiddenState(h),
+                                           lengths=lengths, engine=engine, chunk=4)
+        return jnp.sum(ys * weights) + jnp.sum(jnp.sin(final.h))
+      return jax.jit(jax.value_and_grad(loss))
+
+    _, ref = loss_of("sequential")(h0)
+    eps = 1e-5
+    for engine in ("parallel", "chunked"):
+      run = loss_of(engine)
+      value, grad = run(h0)
+      assert float(jnp.min(jnp.abs(grad[0]))) > 0  # The zero carry's gradient is not lost.
+      np.testing.assert_allclose(grad, ref, rtol=1e-9, atol=1e-12)
+      fd = np.zeros((batch, hidden))
+      for b in range(batch):
+        for i in range(hidden):
+          one = jnp.zeros_like(h0).at[b, i].set(eps)
+          fd[b, i] = (4 * run(h0 + one)[0] - run(h0 + 2 * one)[0] - 3 * value) / (2 * eps)
+      np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    # A concrete carry closed over under `jit` (its `h >= 0` check must not trace).
+    ys = jax.jit(lambda x: rnnjax.parallel_unroll(cell, params, x, common.HiddenState(h0),
+                                                  engine="parallel")[0])(xs)
+    ys_ref, _ = rnnjax.unroll(cell, params, xs, common.HiddenState(h0))
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-9, atol=1e-12)
