@@ -1,4 +1,4 @@
-"""Research diagnostics: gradient flow over time, step-Jacobian spectra, per-step records.
+"""Research diagnostics: gradient flow over time and step-Jacobian spectra.
 
 - `gradient_norms`: `||dL/dh_t||` for every step `t` in one backward pass. A zero
   perturbation `ε_t` is added to the carry after each step; `dL/dε_t = dL/dh_t`.
@@ -8,17 +8,17 @@
   along a trajectory (`jax.jacfwd` of one step), and the Lyapunov exponents: the
   average log growth rates, from the QR (Benettin) iteration over the product
   of the step Jacobians.
-- `record`: any intermediate of a cell over the whole sequence, without touching
-  the cell's code. One step is traced to a jaxpr, and a small interpreter runs it
-  inside the engine, collecting the outputs of the primitives asked for
-  (`logistic` and `tanh` by default: the gates). The normal path is untouched, so
-  it costs nothing when unused.
+- `summary`: a few numbers that describe a gradient-norm curve.
+
+Both tools see a carry as one real vector per batch entry (`_CarryLayout`). The
+third tool of `rnnjax.diagnostics`, `record` (per-step records of any
+intermediate, read from the step's jaxpr), lives in `recording.py`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -142,8 +142,13 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
   Args:
     cell: any `Cell` (built-in, a `stack` of cells, your own), or a linear cell
       for the parallel engines.
-    params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
+    params: the cell's params.
+    xs: `[T, *batch, I]`, time first, as in `rnnjax.unroll`.
     loss_fn: `ys -> scalar`.
+    carry: the initial carry, or None for `cell.initial_carry`.
+    lengths: `int [*batch]` valid steps per sequence, or None (as in `rnnjax.unroll`).
+    resets: `bool [T, *batch]`, or None (as in `rnnjax.unroll`).
+    reverse: run each sequence backwards over its valid steps (as in `rnnjax.unroll`).
     engine: `"sequential"` (`rnnjax.unroll`), or `"parallel"`/`"chunked"` for linear
       cells (`rnnjax.parallel_unroll`).
 
@@ -151,7 +156,7 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
     A `GradientNorms` with `norms: [T, *batch]`. Padded steps get 0 (the carry
     does not change there), and so does a step followed by a reset.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.elman(16)
     >>> params = cell.init(jax.random.key(0), input_size=2)
@@ -229,14 +234,17 @@ def jacobian_spectrum(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: An
   leaf; complex leaves contribute their real and imaginary parts.
 
   Args:
-    cell, params, xs, carry: as in `rnnjax.unroll` (no padding: run each
+    cell: any `Cell`.
+    params: the cell's params.
+    xs: `[T, *batch, I]`, time first, as in `rnnjax.unroll` (no padding: run each
       sequence's valid steps).
+    carry: the initial carry, or None for `cell.initial_carry`.
     return_jacobians: also return the Jacobians themselves.
 
   Returns:
     A `JacobianSpectrum`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.lstm(8)
     >>> params = cell.init(jax.random.key(0), input_size=3)
@@ -285,149 +293,7 @@ def jacobian_spectrum(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: An
   return JacobianSpectrum(sv, lyap, jacs)
 
 
-# ----------------------------------------------------------------------------- records
-
-
-class Record(NamedTuple):
-  """One recorded intermediate of a cell's step, over the sequence.
-
-  Attributes:
-    name: `"<primitive>#<k>"`, the `k`-th selected operation of the step, in
-      program order (e.g. `logistic#0`, `logistic#1`, `tanh#0`, ...).
-    source: where the operation was written (`file:line`), to tell gates apart.
-    values: `[T, *batch, ...]`; zero at padded steps.
-  """
-
-  name: str
-  source: str
-  values: jax.Array
-
-
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-
-
-def _sub_jaxpr(eqn) -> Any:
-  for key in _CALL_PARAMS:
-    if key in eqn.params:
-      sub = eqn.params[key]
-      return sub if hasattr(sub, "consts") else jax.extend.core.ClosedJaxpr(sub, ())
-  return None
-
-
-def _source(eqn) -> str:
-  """`file:line` of the operation, from JAX's (private) source info; `?` if unavailable."""
-  try:
-    from jax._src import source_info_util
-    frame = source_info_util.user_frame(eqn.source_info.traceback)
-  except (ImportError, AttributeError):
-    return "?"
-  return "?" if frame is None else f"{frame.file_name.rsplit('/', 1)[-1]}:{frame.start_line}"
-
-
-def _eval_recording(closed, args, select: Callable[[Any], bool], out: list, sources: list):
-  """Evaluates a closed jaxpr, appending selected equations' outputs to `out`."""
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
-
-  jaxpr = closed.jaxpr
-  for v, c in zip(jaxpr.constvars, closed.consts, strict=True):
-    env[v] = c
-  for v, a in zip(jaxpr.invars, args, strict=True):
-    env[v] = a
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    sub = _sub_jaxpr(eqn)
-    if sub is not None and eqn.primitive.name in ("pjit", "jit", "closed_call", "core_call",
-                                                   "custom_jvp_call", "custom_vjp_call",
-                                                   "remat", "checkpoint"):
-      n = len(sub.jaxpr.invars)
-      outvals = _eval_recording(sub, invals[len(invals) - n:], select, out, sources)
-    else:
-      outvals = eqn.primitive.bind(*invals, **eqn.params)
-      if not eqn.primitive.multiple_results:
-        outvals = [outvals]
-      if select(eqn):
-        for val in outvals:
-          out.append(val)
-          sources.append((eqn.primitive.name, _source(eqn)))
-    for v, val in zip(eqn.outvars, outvals, strict=True):
-      env[v] = val
-  return [read(v) for v in jaxpr.outvars]
-
-
-def record(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
-           primitives: Sequence[str] = ("logistic", "tanh"),
-           select: Callable[[Any], bool] | None = None, lengths: jax.Array | None = None,
-           resets: jax.Array | None = None, reverse: bool = False
-           ) -> tuple[Any, Any, list[Record]]:
-  """Runs `unroll` and records intermediates of every step, without changing the cell.
-
-  One step of `cell.apply` is traced to a jaxpr; the engine then runs that step
-  with a small interpreter that also returns the outputs of the selected
-  operations. By default these are every `logistic` (sigmoid) and `tanh`: for an
-  LSTM, in program order, `σ(f), σ(i), tanh(g), σ(o), tanh(c)`; `Record.source`
-  gives the line of each. Plain `unroll` is not
-  affected, so nothing is paid when `record` is not used.
-
-  Args:
-    cell, params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
-    primitives: names of the JAX primitives to record (see `jax.make_jaxpr` of
-      one step: `logistic`, `tanh`, `dot_general`, `mul`, ...).
-    select: alternatively, a predicate on a jaxpr equation (`eqn.primitive.name`,
-      `eqn.params`, ...); it overrides `primitives`.
-
-  Returns:
-    `(ys, final_carry, records)`, with `ys` and the carry as `unroll`'s and
-    `records` a list of `Record`.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, rnnjax
-    >>> cell = rnnjax.lstm(8)
-    >>> params = cell.init(jax.random.key(0), input_size=3)
-    >>> ys, carry, recs = rnnjax.diagnostics.record(cell, params, jnp.ones((5, 2, 3)))
-    >>> [r.name for r in recs]
-    ['logistic#0', 'logistic#1', 'tanh#0', 'logistic#2', 'tanh#1']
-    >>> recs[0].values.shape              # σ(f), the forget gate, over time
-    (5, 2, 8)
-  """
-  fn = "rnnjax.diagnostics.record"
-  in_size = cell.input_size(params) if cell.input_size is not None else None
-  _, batch_shape = checks.sequence_input(fn, xs, in_size)
-  if carry is None:
-    carry = cell.initial_carry(params, batch_shape)
-  if isinstance(primitives, str) or not all(isinstance(p, str) for p in primitives):
-    raise TypeError(f"{fn}: `primitives` must be a sequence of primitive names such as "
-                    f"('logistic', 'tanh'), got {primitives!r}.")
-  names = tuple(primitives)
-  chooser = select or (lambda eqn: eqn.primitive.name in names)
-  carry_b = jax.tree_util.tree_map(
-      lambda leaf, s: jnp.broadcast_to(leaf, s.shape), carry,
-      jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
-  closed = jax.make_jaxpr(lambda c, x: cell.apply(params, c, x))(carry_b, xs[0])
-  sources: list = []
-  _eval_recording(closed, jax.tree_util.tree_leaves((carry_b, xs[0])), chooser, [], sources)
-  out_tree = jax.tree_util.tree_structure(jax.eval_shape(
-      lambda c, x: cell.apply(params, c, x), carry_b, xs[0]))
-
-  def apply(p, c, x, *, key=None):
-    del p, key
-    recorded: list = []
-    outs = _eval_recording(closed, jax.tree_util.tree_leaves((c, x)), chooser, recorded, [])
-    new_c, y = jax.tree_util.tree_unflatten(out_tree, outs)
-    return new_c, (y, tuple(recorded))
-
-  wrapped = cell_lib.Cell(cell.init, cell.initial_carry, apply, input_size=cell.input_size)
-  (ys, recs), final = unroll_lib.unroll(wrapped, params, xs, carry_b, lengths=lengths,
-                                        resets=resets, reverse=reverse)
-  counts: dict[str, int] = {}
-  records = []
-  for values, (prim, src) in zip(recs, sources, strict=True):
-    k = counts.get(prim, 0)
-    counts[prim] = k + 1
-    records.append(Record(f"{prim}#{k}", src, values))
-  return ys, final, records
+# ----------------------------------------------------------------------------- summary
 
 
 def summary(norms: jax.Array) -> dict[str, float]:
@@ -437,6 +303,12 @@ def summary(norms: jax.Array) -> dict[str, float]:
   outputs, the final step passes nothing on, so its norm is 0);
   `log10_first_over_last` is how many decades the gradient loses from there back
   to the first step (very negative: vanishing; positive: exploding).
+
+  Args:
+    norms: `[T, ...]`, e.g. `GradientNorms.norms`.
+
+  Returns:
+    `{"first": ..., "last": ..., "log10_first_over_last": ...}`, Python floats.
   """
   curve = np.asarray(jnp.mean(norms.reshape(norms.shape[0], -1), axis=1), np.float64)
   nonzero = np.flatnonzero(curve > 0)

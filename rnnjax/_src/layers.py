@@ -69,9 +69,11 @@ def rnn(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1,
 
   Args:
     cell: the cell to run.
-    reverse, unroll, remat: as in `rnnjax.unroll`.
+    reverse: run each sequence backwards over its valid steps (as in `rnnjax.unroll`).
+    unroll: steps unrolled per loop iteration (as in `rnnjax.unroll`).
+    remat: rematerialise each step in the backward pass (as in `rnnjax.unroll`).
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> layer = rnnjax.rnn(rnnjax.gru(8))
     >>> params = layer.init(jax.random.key(0), input_size=3)
@@ -89,7 +91,10 @@ def rnn(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1,
   return Layer(cell.init, cell.initial_carry, apply, input_size=cell.input_size)
 
 
-def _dropout(key: jax.Array, rate: float, y: jax.Array) -> jax.Array:
+def _dropout(key: jax.Array, rate: float, y: jax.Array, *, last: bool = False) -> jax.Array:
+  """Dropout between layers: the identity after the last layer, without a key, or at rate 0."""
+  if key is None or rate == 0.0 or last:
+    return y
   keep = jax.random.bernoulli(key, 1.0 - rate, y.shape)
   return jnp.where(keep, y / (1.0 - rate), jnp.zeros_like(y))
 
@@ -102,6 +107,136 @@ def _check_layer_carries(fn: str, carry: Any, n: int) -> None:
     raise TypeError(
         f"{fn}: `carry` must be a tuple with one carry per layer ({n} layers), got "
         f"{got}. Build it with `layer.initial_carry(params, batch_shape)`.")
+
+
+def _check_layers(fn: str, layers: Any) -> tuple[Cell | Layer, ...]:
+  """`stack`'s `layers` as a tuple: a non-empty sequence of cells and layers."""
+  if isinstance(layers, (Cell, Layer)) or not hasattr(layers, "__iter__"):
+    raise TypeError(
+        f"{fn}: `layers` must be a sequence (list or tuple) of cells or layers, got "
+        f"{type(layers).__name__}. Wrap a single one in a list: rnnjax.stack([cell]).")
+  layers = tuple(layers)
+  if not layers:
+    raise ValueError(f"{fn}: `layers` must hold at least one cell or layer, got an empty sequence.")
+  for i, layer in enumerate(layers):
+    if not isinstance(layer, (Cell, Layer)):
+      raise TypeError(
+          f"{fn}: `layers[{i}]` must be an rnnjax.Cell or rnnjax.Layer, got "
+          f"{type(layer).__name__}.")
+  return layers
+
+
+def _layer_keys(fn: str, key: jax.Array | None, n: int) -> tuple[list, list]:
+  """Keys for each layer's `apply` and for the dropout after it; all None without `key`."""
+  if checks.key(fn, "key", key, optional=True) is None:
+    return [None] * n, [None] * n
+  ks = jax.random.split(key, 2 * n)
+  return list(ks[:n]), list(ks[n:])
+
+
+def _stack_parts(fn: str, layers: tuple[Cell | Layer, ...]) -> tuple[Callable, ...]:
+  """`init`, `initial_carry` and `input_size` of a stack: tuples with one entry per layer."""
+  n = len(layers)
+
+  def init(key: jax.Array, input_size: int) -> tuple[Any, ...]:
+    checks.key(f"{fn}.init", "key", key)
+    size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+    params = []
+    for layer, k in zip(layers, jax.random.split(key, n), strict=True):
+      p = layer.init(k, size)
+      params.append(p)
+      size = output_size(layer, p, size)
+    return tuple(params)
+
+  def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:
+    checks.sequence_params(f"{fn}.initial_carry", params, n)
+    batch_shape = checks.batch_shape(f"{fn}.initial_carry", batch_shape)
+    return tuple(layer.initial_carry(p, batch_shape)
+                 for layer, p in zip(layers, params, strict=True))
+
+  def input_size(params):
+    checks.sequence_params(fn, params, n)
+    return _input_size(layers[0], params[0])
+
+  return init, initial_carry, input_size
+
+
+def _stack_step(fn: str, cells: tuple[Cell, ...], rate: float,
+                initial_carry: Callable) -> Callable:
+  """The `apply` of a stack of cells: one step of every layer, bottom to top."""
+  n = len(cells)
+
+  def apply(params, carry, x, *, key=None):
+    checks.sequence_params(f"{fn}.apply", params, n)
+    _check_layer_carries(f"{fn}.apply", carry, n)
+    carry = tuple(carry)
+    checks.step_carry(f"{fn}.apply", carry,
+                      jax.eval_shape(lambda p: initial_carry(p, ()), params))
+    apply_keys, drop_keys = _layer_keys(f"{fn}.apply", key, n)
+    new_carry = []
+    for i, (cell, p, c) in enumerate(zip(cells, params, carry, strict=True)):
+      k = apply_keys[i]
+      c, x = cell.apply(p, c, x) if k is None else cell.apply(p, c, x, key=k)
+      new_carry.append(c)
+      x = _dropout(drop_keys[i], rate, x, last=i == n - 1)
+    return tuple(new_carry), x
+
+  return apply
+
+
+def _stack_kernel(cells: tuple[Cell, ...], rate: float) -> Callable | None:
+  """The whole-sequence fast path of a stack whose cells all have one, else None.
+
+  It runs the layers' kernels one after another over the sequence: the same
+  function as stepping all layers together, since each layer's step t only reads
+  the layer below at step t.
+  """
+  kernels = [fused_lib.kernel_of(cell.apply) for cell in cells]
+  if any(k is None for k in kernels):
+    return None
+
+  def run_kernels(params, xs, carry, opts):
+    new_carry = []
+    for kern, p, c in zip(kernels, params, carry, strict=True):
+      out = kern(p, xs, c, **opts)
+      if out is None:
+        return None
+      xs, c = out
+      new_carry.append(c)
+    return xs, tuple(new_carry)
+
+  def kernel(params, xs, carry, *, valid, keep, reverse, unroll, key=None):
+    if key is not None and rate > 0.0:
+      return None  # Dropout draws per-step masks: keep the step-wise path.
+    opts = dict(valid=valid, keep=keep, reverse=reverse, unroll=unroll)
+    # Every layer must accept (a shape-only trial, so a refusal by a later
+    # layer leaves nothing of the earlier ones in the program).
+    if jax.eval_shape(lambda: run_kernels(params, xs, carry, opts)) is None:
+      return None
+    return run_kernels(params, xs, carry, opts)
+
+  return kernel
+
+
+def _stack_sequence(fn: str, layers: tuple[Layer, ...], rate: float) -> Callable:
+  """The `apply` of a stack of layers: each layer over the whole sequence, bottom to top."""
+  n = len(layers)
+
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+    checks.sequence_params(f"{fn}.apply", params, n)
+    if carry is None:
+      carry = (None,) * n
+    else:
+      _check_layer_carries(f"{fn}.apply", carry, n)
+    apply_keys, drop_keys = _layer_keys(f"{fn}.apply", key, n)
+    new_carry = []
+    for i, (layer, p, c) in enumerate(zip(layers, params, carry, strict=True)):
+      xs, c = layer.apply(p, xs, c, lengths=lengths, resets=resets, key=apply_keys[i])
+      new_carry.append(c)
+      xs = _dropout(drop_keys[i], rate, xs, last=i == n - 1)
+    return xs, tuple(new_carry)
+
+  return apply
 
 
 def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Layer:
@@ -125,7 +260,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
   Returns:
     A `Cell` if every entry is a `Cell`, else a `Layer`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.stack([rnnjax.lstm(16), rnnjax.lstm(8)], dropout=0.1)
     >>> params = cell.init(jax.random.key(0), input_size=4)
@@ -136,117 +271,21 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
     ((12, 3, 8), 2)
   """
   fn = "rnnjax.stack"
-  if isinstance(layers, (Cell, Layer)) or not hasattr(layers, "__iter__"):
-    raise TypeError(
-        f"{fn}: `layers` must be a sequence (list or tuple) of cells or layers, got "
-        f"{type(layers).__name__}. Wrap a single one in a list: rnnjax.stack([cell]).")
-  layers = tuple(layers)
-  if not layers:
-    raise ValueError(f"{fn}: `layers` must hold at least one cell or layer, got an empty sequence.")
-  for i, layer in enumerate(layers):
-    if not isinstance(layer, (Cell, Layer)):
-      raise TypeError(
-          f"{fn}: `layers[{i}]` must be an rnnjax.Cell or rnnjax.Layer, got "
-          f"{type(layer).__name__}.")
+  layers = _check_layers(fn, layers)
   rate = checks.probability(fn, "dropout", dropout)
-  all_cells = all(isinstance(layer, Cell) for layer in layers)
-  if not all_cells:
-    layers = tuple(rnn(layer) if isinstance(layer, Cell) else layer for layer in layers)
-  n = len(layers)
-
-  def init(key: jax.Array, input_size: int) -> tuple[Any, ...]:
-    checks.key(f"{fn}.init", "key", key)
-    size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    params = []
-    for layer, k in zip(layers, jax.random.split(key, n), strict=True):
-      p = layer.init(k, size)
-      params.append(p)
-      size = output_size(layer, p, size)
-    return tuple(params)
-
-  def initial_carry(params: tuple[Any, ...], batch_shape: tuple[int, ...] = ()) -> tuple:
-    checks.sequence_params(f"{fn}.initial_carry", params, n)
-    batch_shape = checks.batch_shape(f"{fn}.initial_carry", batch_shape)
-    return tuple(layer.initial_carry(p, batch_shape)
-                 for layer, p in zip(layers, params, strict=True))
-
-  def layer_keys(key, where):
-    if checks.key(f"{fn}.{where}", "key", key, optional=True) is None:
-      return [None] * n, [None] * n
-    ks = jax.random.split(key, 2 * n)
-    return list(ks[:n]), list(ks[n:])
-
-  def drop(i, k, y):
-    if k is None or rate == 0.0 or i == n - 1:
-      return y
-    return _dropout(k, rate, y)
-
-  def input_size(params):
-    checks.sequence_params(fn, params, n)
-    return _input_size(layers[0], params[0])
-
-  if all_cells:
-    def apply_cell(params, carry, x, *, key=None):
-      checks.sequence_params(f"{fn}.apply", params, n)
-      _check_layer_carries(f"{fn}.apply", carry, n)
-      carry = tuple(carry)
-      checks.step_carry(f"{fn}.apply", carry,
-                        jax.eval_shape(lambda p: initial_carry(p, ()), params))
-      apply_keys, drop_keys = layer_keys(key, "apply")
-      new_carry = []
-      for i, (cell, p, c) in enumerate(zip(layers, params, carry, strict=True)):
-        k = apply_keys[i]
-        c, x = cell.apply(p, c, x) if k is None else cell.apply(p, c, x, key=k)
-        new_carry.append(c)
-        x = drop(i, drop_keys[i], x)
-      return tuple(new_carry), x
-
-    kernels = [fused_lib.kernel_of(cell.apply) for cell in layers]
-    if all(k is not None for k in kernels):
-      # Every layer has a whole-sequence fast path: run them one after another over
-      # the sequence (the same function as stepping all layers together, since each
-      # layer's step t only reads the layer below at step t).
-      def run_kernels(params, xs, carry, opts):
-        new_carry = []
-        for kern, p, c in zip(kernels, params, carry, strict=True):
-          out = kern(p, xs, c, **opts)
-          if out is None:
-            return None
-          xs, c = out
-          new_carry.append(c)
-        return xs, tuple(new_carry)
-
-      def kernel(params, xs, carry, *, valid, keep, reverse, unroll, key=None):
-        if key is not None and rate > 0.0:
-          return None  # Dropout draws per-step masks: keep the step-wise path.
-        opts = dict(valid=valid, keep=keep, reverse=reverse, unroll=unroll)
-        # Every layer must accept (a shape-only trial, so a refusal by a later
-        # layer leaves nothing of the earlier ones in the program).
-        if jax.eval_shape(lambda: run_kernels(params, xs, carry, opts)) is None:
-          return None
-        return run_kernels(params, xs, carry, opts)
-
-      fused_lib.attach(apply_cell, kernel)
+  if all(isinstance(layer, Cell) for layer in layers):
+    init, initial_carry, input_size = _stack_parts(fn, layers)
+    apply = _stack_step(fn, layers, rate, initial_carry)
+    kernel = _stack_kernel(layers, rate)
+    if kernel is not None:
+      fused_lib.attach(apply, kernel)
     if all(linear_lib.is_linear(cell) for cell in layers):
       # Every layer is a scan: `parallel_unroll` runs them one after another.
-      linear_lib.attach_stack(apply_cell, layers, rate)
-    return Cell(init, initial_carry, apply_cell, input_size=input_size)
-
-  def apply_layer(params, xs, carry=None, *, lengths=None, resets=None, key=None):
-    checks.sequence_params(f"{fn}.apply", params, n)
-    if carry is None:
-      carry = (None,) * n
-    else:
-      _check_layer_carries(f"{fn}.apply", carry, n)
-    apply_keys, drop_keys = layer_keys(key, "apply")
-    new_carry = []
-    for i, (layer, p, c) in enumerate(zip(layers, params, carry, strict=True)):
-      xs, c = layer.apply(p, xs, c, lengths=lengths, resets=resets, key=apply_keys[i])
-      new_carry.append(c)
-      xs = drop(i, drop_keys[i], xs)
-    return xs, tuple(new_carry)
-
-  return Layer(init, initial_carry, apply_layer, input_size=input_size)
+      linear_lib.attach_stack(apply, layers, rate)
+    return Cell(init, initial_carry, apply, input_size=input_size)
+  layers = tuple(rnn(layer) if isinstance(layer, Cell) else layer for layer in layers)
+  init, initial_carry, input_size = _stack_parts(fn, layers)
+  return Layer(init, initial_carry, _stack_sequence(fn, layers, rate), input_size=input_size)
 
 
 def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
@@ -262,12 +301,14 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
     backward: the cell run from each sequence's last valid step.
     merge: `"concat"` (`ys: [T, ..., O_f + O_b]`, forward features first, as
       PyTorch's `bidirectional=True`) or `"sum"` (`O_f` must equal `O_b`).
-    unroll, remat: as in `rnnjax.unroll`, for both directions.
+    unroll: steps unrolled per loop iteration, for both directions (as in `rnnjax.unroll`).
+    remat: rematerialise each step in the backward pass, for both directions (as in
+      `rnnjax.unroll`).
 
   Returns:
     A `Layer` with `BidirectionalParams` and carry `BidirectionalState`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> layer = rnnjax.bidirectional(rnnjax.lstm(8), rnnjax.lstm(8))
     >>> params = layer.init(jax.random.key(0), input_size=3)

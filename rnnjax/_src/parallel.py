@@ -110,6 +110,49 @@ def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
   return hs.reshape(n_chunks * k, *hs.shape[2:])[:num_steps]
 
 
+def _edit_pairs(a, b, h_reset, resets, valid, perturbation, *, log_space: bool):
+  """`unroll`'s options as edits of the pairs `(a, b)` (or `(log a, log b)`), `[T, ..., S]`.
+
+  A reset restarts from `h_reset` (`[..., S]`, in log space its log), a padded
+  step keeps the carry, and `perturbation` (`[T, ..., S]` or None, from
+  `rnnjax.diagnostics`) adds `ε_s` to the carry that step `s + 1` receives.
+  """
+  if resets is not None:
+    r = _expand(resets, a)
+    restart_b = jnp.logaddexp(a + h_reset, b) if log_space else a * h_reset + b
+    b = jnp.where(r, restart_b, b)
+    a = jnp.where(r, jnp.full_like(a, _LOG_ZERO) if log_space else jnp.zeros_like(a), a)
+  if valid is not None:
+    v = _expand(valid, a)
+    a = jnp.where(v, a, jnp.zeros_like(a) if log_space else jnp.ones_like(a))
+    b = jnp.where(v, b, jnp.full_like(b, _LOG_ZERO) if log_space else jnp.zeros_like(b))
+  if perturbation is not None:
+    # After the edits above, so that resets and padding treat it as part of the carry.
+    b = b.at[1:].add(a[1:] * perturbation[:-1].astype(b.dtype))
+  return a, b
+
+
+def _check_options(cell: cell_lib.Cell, engine: str, chunk: int) -> tuple[Any, Any, int]:
+  """`parallel_unroll`'s checks of `cell`, `engine` and `chunk`.
+
+  Returns:
+    `(recurrence, stack, chunk)`: the cell's `LinearRecurrence` or None, the
+    linear layers of a `stack` or None (one of the two is set), and `chunk`.
+  """
+  if not isinstance(cell, cell_lib.Cell):
+    raise TypeError(f"{_FN}: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
+  recurrence = linear_lib.recurrence_of(cell)
+  stacked = linear_lib.stack_of(cell)
+  if recurrence is None and stacked is None:
+    raise TypeError(
+        f"{_FN}: `cell` must be a linear cell (one with a LinearRecurrence: rnnjax.mingru, "
+        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)) or a stack of them, got "
+        "a cell without one. Use rnnjax.unroll for other cells.")
+  if engine not in ENGINES:
+    raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
+  return recurrence, stacked, checks.positive_int(_FN, "chunk", chunk)
+
+
 def auto_engine(num_steps: int, backend: str | None = None) -> str:
   """The engine `engine="auto"` picks for `num_steps` on `backend` (default: JAX's)."""
   backend = backend or jax.default_backend()
@@ -142,7 +185,12 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
 
   Args:
     cell: a linear cell, or a `stack` of them.
-    params, xs, carry, lengths, resets, reverse: as in `rnnjax.unroll`.
+    params: the cell's params.
+    xs: `[T, ..., I]`, time first, as in `rnnjax.unroll`.
+    carry: the initial carry, or None for `cell.initial_carry`.
+    lengths: `int [...]` valid steps per sequence, or None (as in `rnnjax.unroll`).
+    resets: `bool [T, ...]`, or None (as in `rnnjax.unroll`).
+    reverse: run each sequence backwards over its valid steps (as in `rnnjax.unroll`).
     engine: `"sequential"` (`lax.scan` over `cell.apply`, i.e. `unroll`),
       `"parallel"` (one `associative_scan` over all `T` steps: depth `log T`,
       memory `O(T)`), `"chunked"` (`lax.scan` over chunks of `chunk` steps, an
@@ -153,7 +201,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   Returns:
     `(ys, final_carry)`, as `unroll`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.mingru(8)
     >>> params = cell.init(jax.random.key(0), input_size=3)
@@ -163,18 +211,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     >>> bool(jnp.allclose(ys, ys_seq, atol=1e-5))
     True
   """
-  if not isinstance(cell, cell_lib.Cell):
-    raise TypeError(f"{_FN}: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
-  recurrence = linear_lib.recurrence_of(cell)
-  stacked = linear_lib.stack_of(cell)
-  if recurrence is None and stacked is None:
-    raise TypeError(
-        f"{_FN}: `cell` must be a linear cell (one with a LinearRecurrence: rnnjax.mingru, "
-        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)) or a stack of them, got "
-        "a cell without one. Use rnnjax.unroll for other cells.")
-  if engine not in ENGINES:
-    raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
-  chunk = checks.positive_int(_FN, "chunk", chunk)
+  recurrence, stacked, chunk = _check_options(cell, engine, chunk)
   num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
   if engine == "auto":
@@ -221,18 +258,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     h_reset = _safe_log(h_reset)
   else:
     a, b = recurrence.coefficients(params, xs)
-  if resets is not None:
-    r = _expand(resets, a)
-    restart_b = jnp.logaddexp(a + h_reset, b) if log_space else a * h_reset + b
-    b = jnp.where(r, restart_b, b)
-    a = jnp.where(r, jnp.full_like(a, _LOG_ZERO) if log_space else jnp.zeros_like(a), a)
-  if valid is not None:
-    v = _expand(valid, a)
-    a = jnp.where(v, a, jnp.zeros_like(a) if log_space else jnp.ones_like(a))
-    b = jnp.where(v, b, jnp.full_like(b, _LOG_ZERO) if log_space else jnp.zeros_like(b))
-  if _perturbation is not None:  # `rnnjax.diagnostics`: `ε_s` added to the carry that
-    # step s+1 receives (after the edits above, so resets and padding treat it as a carry).
-    b = b.at[1:].add(a[1:] * _perturbation[:-1].astype(b.dtype))
+  a, b = _edit_pairs(a, b, h_reset, resets, valid, _perturbation, log_space=log_space)
   hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
   ys = hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
   if valid is not None:
