@@ -188,7 +188,9 @@ def test_record_gives_the_lstm_gates():
   np.testing.assert_allclose(ys, ys_ref, rtol=1e-6)
   np.testing.assert_allclose(final.c, final_ref.c, rtol=1e-6)
   assert [r.name for r in recs] == ["logistic#0", "logistic#1", "tanh#0", "logistic#2", "tanh#1"]
-  assert all(r.source.startswith("lstm.py:") for r in recs)
+  # The gates are written once, in rnnjax/_src/cells/gates.py, one a line.
+  assert all(r.source.startswith("gates.py:") for r in recs)
+  assert len({r.source for r in recs}) == 5
   # The reference's gates, step by step, for the first sequence.
   state = (np.zeros(H), np.zeros(H))
   for t in range(T):
@@ -196,8 +198,8 @@ def test_record_gives_the_lstm_gates():
     z = (x @ ref._np(params.w_i) + ref._np(params.b_i) + state[0] @ ref._np(params.w_h)
          + ref._np(params.b_h))
     i, f, g, o = np.split(z, 4)
-    # Program order of rnnjax/_src/cells/lstm.py: σ(f) ⊙ c + σ(i) ⊙ tanh(g), then σ(o).
-    want = [ref.sigmoid(f), ref.sigmoid(i), np.tanh(g), ref.sigmoid(o)]
+    # Program order of rnnjax/_src/cells/gates.py: σ(i), σ(f), tanh(g), σ(o), then tanh(c').
+    want = [ref.sigmoid(i), ref.sigmoid(f), np.tanh(g), ref.sigmoid(o)]
     for rec, w in zip(recs[:4], want, strict=True):
       np.testing.assert_allclose(rec.values[t, 0], w, rtol=1e-5, atol=1e-6)
     state = ref.lstm_step(params, state, x)[0]

@@ -16,7 +16,8 @@ are each one large matrix product over all `T*B` rows. Forward mode (`jvp`,
 The kernels reproduce the cells' `apply` under `unroll`'s semantics (lengths as a
 `valid` mask, resets to the zero initial carry, `reverse`), and are attached to
 the built-in `apply` functions (`attach`). A cell whose `apply` is replaced or
-wrapped loses its kernel and runs through the generic engine.
+wrapped loses its kernel and runs through the generic engine. The gate arithmetic
+itself (and the LSTM gates' tangent) is `cells/gates.py`'s, shared with the cells.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+
+from rnnjax._src import cell as cell_lib
+from rnnjax._src.cells import gates as gates_lib
 
 KERNEL_ATTR = "_rnnjax_sequence_kernel"
 # The fast paths only run in these dtypes; bfloat16 and float16 keep the generic path,
@@ -103,23 +107,14 @@ def _lstm_scan(w_i, w_h, b_i, b_h, xs, h0, c0, valid, keep, *, reverse, unroll, 
     h, c = carry
     x, v, k = inputs
     hp, cp = _keep(k, h), _keep(k, c)
-    z = x @ w_i
-    if b_i is not None:
-      z = z + b_i
-    zh = hp @ w_h
-    if b_h is not None:
-      zh = zh + b_h
-    i, f, g, o = jnp.split(z + zh, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-    c1 = f * cp + i * g
-    tc = jnp.tanh(c1)
-    h1 = o * tc
+    gates, c1, h1 = gates_lib.lstm_gates(
+        cell_lib.affine(x, w_i, b_i) + cell_lib.affine(hp, w_h, b_h), cp)
     y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
     new = (_select(v, h1, h), _select(v, c1, c))
     if not save:
       return new, (y, ())
     # As few stacked residuals as possible: each is one more write per step.
-    gates = jnp.concatenate([i, f, g, o], axis=-1)
+    gates = jnp.concatenate(gates, axis=-1)
     return new, (y, (gates, c1) + (new if v is not None else ()))
 
   (h, c), (ys, res) = jax.lax.scan(step, (h0, c0), (xs, valid, keep), reverse=reverse,
@@ -165,16 +160,11 @@ def _lstm_jvp(reverse, unroll, primals, tangents):
   def step(carry, inputs):
     dh, dc = carry
     dp, gates_, c1_, cp_, v, k = inputs
-    i_, f_, g_, o_ = jnp.split(gates_, 4, axis=-1)
-    tc_ = jnp.tanh(c1_)
-    coef = jnp.concatenate([i_ * (1 - i_), f_ * (1 - f_), 1 - g_ * g_, o_ * (1 - o_)], -1)
     dhp, dcp = _keep(k, dh), _keep(k, dc)
     dz = _matmul_t(dhp, w_h_t)
     if dp is not None:
       dz = dz + dp
-    di, df, dg, do = jnp.split(dz * coef, 4, axis=-1)
-    dc1 = df * cp_ + f_ * dcp + di * g_ + i_ * dg
-    dh1 = do * tc_ + (o_ * (1 - tc_ * tc_)) * dc1
+    dc1, dh1 = gates_lib.lstm_gates_jvp(tuple(jnp.split(gates_, 4, axis=-1)), c1_, cp_, dz, dcp)
     dy = dh1 if v is None else jnp.where(v, dh1, jnp.zeros_like(dh1))
     return (_select(v, dh1, dh), _select(v, dc1, dc)), dy
 
@@ -196,43 +186,16 @@ _lstm_core.defjvp(lambda reverse, unroll, primals, tangents: _lstm_jvp(
 
 
 def _gru_scan(w_i, w_h, b_i, b_h, xs, h0, valid, keep, *, reset_after, reverse, unroll, save):
-  size = w_h.shape[0]
-
   def step(h, inputs):
     x, v, k = inputs
     hp = _keep(k, h)
-    a = x @ w_i
-    if b_i is not None:
-      a = a + b_i
-    a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
-    if reset_after:
-      hh = hp @ w_h
-      if b_h is not None:
-        hh = hh + b_h
-      hh_r, hh_z, hh_n = jnp.split(hh, 3, axis=-1)
-      r = jax.nn.sigmoid(a_r + hh_r)
-      z = jax.nn.sigmoid(a_z + hh_z)
-      n = jnp.tanh(a_n + r * hh_n)
-      aux = hh_n
-    else:
-      hh = hp @ w_h[:, :2 * size]
-      if b_h is not None:
-        hh = hh + b_h[:2 * size]
-      hh_r, hh_z = jnp.split(hh, 2, axis=-1)
-      r = jax.nn.sigmoid(a_r + hh_r)
-      z = jax.nn.sigmoid(a_z + hh_z)
-      rh = r * hp
-      hn = rh @ w_h[:, 2 * size:]
-      if b_h is not None:
-        hn = hn + b_h[2 * size:]
-      n = jnp.tanh(a_n + hn)
-      aux = rh
-    h1 = (1.0 - z) * n + z * hp
+    gates, h1, aux = gates_lib.gru_gates(cell_lib.affine(x, w_i, b_i), hp, w_h, b_h,
+                                         reset_after=reset_after)
     y = h1 if v is None else jnp.where(v, h1, jnp.zeros_like(h1))
     new = _select(v, h1, h)
     if not save:
       return new, (y, ())
-    gates = jnp.concatenate([r, z, n], axis=-1)
+    gates = jnp.concatenate(gates, axis=-1)
     return new, (y, (gates,) + ((aux,) if reset_after else ()) + ((new,) if v is not None else ()))
 
   h, (ys, res) = jax.lax.scan(step, h0, (xs, valid, keep), reverse=reverse, unroll=unroll)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, fused
-from rnnjax._src.cells import common
+from rnnjax._src.cells import common, gates
 
 
 class GRUParams(NamedTuple):
@@ -56,7 +56,7 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   Returns:
     A `Cell` with `GRUParams` and carry `HiddenState(h=[..., H])`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.gru(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)
@@ -85,23 +85,8 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
     common.check_apply(fn, params, GRUParams, carry, x, input_size, initial_carry)
-    h = carry.h
-    size = params.w_h.shape[0]
-    xi_r, xi_z, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 3, axis=-1)
-    b_h = params.b_h
-    if reset_after:
-      hh_r, hh_z, hh_n = jnp.split(cell_lib.affine(h, params.w_h, b_h), 3, axis=-1)
-      r = jax.nn.sigmoid(xi_r + hh_r)
-      z = jax.nn.sigmoid(xi_z + hh_z)
-      n = jnp.tanh(xi_n + r * hh_n)
-    else:
-      b_rz = None if b_h is None else b_h[:2 * size]
-      hh_r, hh_z = jnp.split(cell_lib.affine(h, params.w_h[:, :2 * size], b_rz), 2, axis=-1)
-      r = jax.nn.sigmoid(xi_r + hh_r)
-      z = jax.nn.sigmoid(xi_z + hh_z)
-      b_n = None if b_h is None else b_h[2 * size:]
-      n = jnp.tanh(xi_n + cell_lib.affine(r * h, params.w_h[:, 2 * size:], b_n))
-    h = (1.0 - z) * n + z * h
+    a = cell_lib.affine(x, params.w_i, params.b_i)
+    _, h, _ = gates.gru_gates(a, carry.h, params.w_h, params.b_h, reset_after=reset_after)
     return common.HiddenState(h=h), h
 
   fused.attach(apply, fused.gru_kernel(reset_after))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, fused
-from rnnjax._src.cells import common
+from rnnjax._src.cells import common, gates
 
 
 class LSTMParams(NamedTuple):
@@ -63,7 +63,7 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
   Returns:
     A `Cell` with `LSTMParams` and carry `LSTMState(h=[..., P], c=[..., H])`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.lstm(8, proj_size=4)
     >>> params = cell.init(jax.random.key(0), input_size=3)
@@ -111,9 +111,7 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     common.check_apply(fn, params, LSTMParams, carry, x, input_size, initial_carry)
     z = cell_lib.affine(x, params.w_i, params.b_i) + cell_lib.affine(carry.h, params.w_h,
                                                                      params.b_h)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    _, c, h = gates.lstm_gates(z, carry.c)
     if params.w_proj is not None:
       h = h @ params.w_proj
     return LSTMState(h=h, c=c), h
