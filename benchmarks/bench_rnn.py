@@ -21,8 +21,8 @@ off, so that all contenders compute in full float32; `jax.experimental.rnn`'s
 cuDNN LSTM joins as `jax_cudnn`. Prints one JSON line per measurement, then a
 Markdown table per size and mode; `ratio` is rnnjax's time over the peer's.
 
-The harness lives in the package (`rnnjax/_src/bench.py`, peers in
-`rnnjax/_src/bench_peers.py`); `rnnjax bench` runs a quick version of this script.
+The harness lives in the package (`rnnjax/tools/bench.py`, peers in
+`rnnjax/tools/bench_peers.py`); `rnnjax bench` runs a quick version of this script.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rnnjax._src import bench
+from rnnjax.tools import bench
 
 
 def _arg(parse):

@@ -21,7 +21,8 @@ import optax
 
 import rnnjax
 from rnnjax import tasks
-from rnnjax._src import report
+from rnnjax._src.files import write_json_atomic
+from rnnjax.tools import report
 
 
 def train(model, task, params, steps: int, batch_size: int, seed: int):
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
             f"{max(reports[label]['lyapunov']):+.4f} per step; loss {reports[label]['loss']:.4f}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  report.write_json_atomic(out / "vanishing_gradients.json", reports)
+  write_json_atomic(out / "vanishing_gradients.json", reports)
   png = report.plot(out / "vanishing_gradients.png", reports,
                     title=f"adding problem, T={args.length}")
   print(f"wrote {png} and {out / 'vanishing_gradients.json'}")

@@ -1,4 +1,4 @@
-"""Tests for the benchmark harness (`rnnjax/_src/bench.py`) and `rnnjax bench`.
+"""Tests for the benchmark harness (`rnnjax/tools/bench.py`) and `rnnjax bench`.
 
 Runs are tiny (B,T,I,H = 2,5,3,4, 2 repeats) and in-process, so that they share
 JAX's caches; they check what the harness reports and that its same-function
@@ -21,7 +21,7 @@ import pytest
 
 import rnnjax
 from rnnjax import cli
-from rnnjax._src import bench, bench_peers
+from rnnjax.tools import bench, bench_peers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--sizes", "2,5,3,4", "--repeats", "2", "--threads", "1"]

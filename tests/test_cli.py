@@ -733,3 +733,41 @@ def test_overwrite_removes_only_the_files_of_the_earlier_run(tmp_path, tiny_refe
   after = _files(run)
   assert {k: after[k] for k in mine} == mine
   _assert_trees_equal(_final_state(run), _final_state(tiny_reference))
+
+
+# --- --version, --help and `python -m rnnjax` -------------------------------------------------
+
+
+def test_version_prints_the_package_version(capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(["--version"])
+  assert exc.value.code == 0
+  assert capsys.readouterr().out == f"rnnjax {rnnjax.__version__}\n"
+  assert rnnjax.__version__ == "0.1.0"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_commands(flag, capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main([flag])
+  assert exc.value.code == 0
+  out = " ".join(capsys.readouterr().out.split())  # As wrapped for any terminal width.
+  assert out.startswith("usage: rnnjax ")
+  for text in ("{train,sample,bench}", "--version", "means `rnnjax train ARGS`"):
+    assert text in out, text
+
+
+@pytest.mark.parametrize("args, code, stdout, stderr", [
+    (["--version"], 0, r"rnnjax 0\.1\.0\n", ""),
+    (["--help"], 0, r"usage: rnnjax .*\{train,sample,bench\}.*", ""),
+    (["train", "--resume", "--overwrite"], 2, "", "rnnjax train: error: --resume continues"),
+])
+def test_python_m_rnnjax_is_the_rnnjax_command(args, code, stdout, stderr, tmp_path):
+  # `stdout` is a regular expression for the whole output, `stderr` its start.
+  proc = subprocess.run([sys.executable, "-m", "rnnjax", *args], cwd=tmp_path, env=_ENV,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == code, proc.stderr
+  assert re.fullmatch(stdout, proc.stdout, re.DOTALL), proc.stdout
+  assert proc.stderr.startswith(stderr), proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert list(tmp_path.iterdir()) == []  # Nothing written, not even runs/.

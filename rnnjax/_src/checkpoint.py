@@ -3,8 +3,9 @@
 orbax-checkpoint is the JAX ecosystem's checkpoint library (and a dependency of
 Flax already). Each checkpoint is written to a temporary directory and renamed
 into place only once complete, so a run killed mid-save leaves the previous
-checkpoints intact; only the newest `keep` are kept. A small JSON file beside
-them (written atomically too) records the run's configuration.
+checkpoints intact; only the newest `keep` are kept. (The command line records
+the run's configuration beside them in a JSON file, written atomically too, with
+`rnnjax._src.files.write_json_atomic`.)
 
 A checkpoint damaged afterwards (a file truncated, garbled or missing, junk in a
 step directory) is never deleted or rewritten: restoring the newest skips it
@@ -24,17 +25,22 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 _FN = "rnnjax.Checkpointer"
 _SHOWN = 3  # differences named in a mismatch message
+
+
+def _orbax() -> Any:
+  """`orbax.checkpoint`, imported on first use: it adds about 0.5 s to `import rnnjax`."""
+  import orbax.checkpoint as ocp
+
+  return ocp
 
 
 class CheckpointError(ValueError):
@@ -53,24 +59,6 @@ class CheckpointError(ValueError):
     self.path, self.kind, self.detail = path, kind, detail
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as JSON to `path` via a temporary file and an atomic rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 class Checkpointer:
   """Saves and restores a pytree (such as a `TrainState`) by step number.
 
@@ -78,7 +66,7 @@ class Checkpointer:
     directory: where the checkpoints live (one sub-directory per step).
     keep: how many of the newest checkpoints to keep.
 
-  Example:
+  Examples:
     >>> import tempfile, jax.numpy as jnp, rnnjax
     >>> ckpt = rnnjax.Checkpointer(tempfile.mkdtemp(), keep=2)
     >>> ckpt.save(10, {"w": jnp.ones(3)})
@@ -94,6 +82,7 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"{_FN}: `keep` must be >= 1, got keep={keep}.")
     self.directory = pathlib.Path(directory).absolute()
+    ocp = _orbax()
     try:
       if self.directory.exists() and not self.directory.is_dir():
         raise NotADirectoryError(f"{self.directory} is a file")
@@ -115,6 +104,7 @@ class Checkpointer:
     Both go into the same step directory, which appears only once complete.
     Returns once the checkpoint is on disk.
     """
+    ocp = _orbax()
     items = {"state": ocp.args.StandardSave(tree),
              "meta": ocp.args.JsonSave(meta if meta is not None else {})}
     self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
@@ -221,6 +211,7 @@ class Checkpointer:
     abstract = jax.tree_util.tree_map(
         lambda x: (jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
                    if hasattr(x, "shape") else x), like)
+    ocp = _orbax()
     restored, failure = _quietly(lambda: self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())))
     if failure:

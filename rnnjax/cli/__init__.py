@@ -9,7 +9,8 @@ The package holds one module per concept: `args` (the parser and the flag
 checks), `factories` (task, model and optimizer from a config), `outdir` (the
 rules of the run directory --out), and one module per command: `train_cmd`,
 `sample_cmd`, `bench_cmd`. `main` dispatches; the names below are re-exported so
-that `rnnjax.cli.NAME` keeps working.
+that `rnnjax.cli.NAME` keeps working. `rnnjax --version` prints the version;
+`python -m rnnjax ...` (and `python -m rnnjax.cli ...`) is the same as `rnnjax ...`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import re
 import sys
 import warnings
 
-from rnnjax._src import bench
 from rnnjax._src.checkpoint import CheckpointError
 from rnnjax.cli.args import (
     CELLS,
@@ -42,6 +42,7 @@ from rnnjax.cli.factories import (
 from rnnjax.cli.outdir import OUTPUTS, RESUME_MAY_CHANGE, RUN_ONLY
 from rnnjax.cli.sample_cmd import sample_text
 from rnnjax.cli.train_cmd import train
+from rnnjax.tools import bench
 
 __all__ = [
     "CELLS", "DESCRIPTION", "OUTPUTS", "RESUME_MAY_CHANGE", "RUN_ONLY", "SEED_LIMIT",
@@ -52,11 +53,23 @@ __all__ = [
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs the `rnnjax` command line and returns its exit code.
+
+  0 on success, 2 for a refused command line or an unusable file or directory
+  (one line on stderr), 3 for a run whose loss stopped being finite, 130 for a
+  run interrupted (Ctrl-C) that `--resume` can continue. The parser
+  itself exits (`SystemExit`) for `--help`, `--version` (code 0) and bad flag
+  values (code 2). A first word that is not a command means `train`:
+  `rnnjax --task adding` is `rnnjax train --task adding`.
+
+  Args:
+    argv: the arguments after the program name (default: `sys.argv[1:]`).
+  """
   # `train`, `run_bench` and `sample_text` are looked up here, in the package, so a test may
   # replace them with `monkeypatch.setattr(rnnjax.cli, "train", ...)`.
   parser = build_parser()
   argv = sys.argv[1:] if argv is None else list(argv)
-  if not argv or argv[0] not in ("train", "sample", "bench", "-h", "--help"):
+  if not argv or argv[0] not in ("train", "sample", "bench", "-h", "--help", "--version"):
     argv = ["train", *argv]  # `rnnjax --task adding` means `rnnjax train --task adding`.
   args = parser.parse_args(argv)
   prog = f"rnnjax {args.command}"

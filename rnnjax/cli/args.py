@@ -12,8 +12,8 @@ import pathlib
 from typing import Any
 
 import rnnjax
-from rnnjax._src import bench
 from rnnjax.cli.errors import UsageError
+from rnnjax.tools import bench
 
 # The parser's description (the first line of `rnnjax --help`).
 DESCRIPTION = "The `rnnjax` command line: `rnnjax train`, `rnnjax sample` and `rnnjax bench`."
@@ -91,9 +91,29 @@ def _parsed_by(parse):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="rnnjax", description=DESCRIPTION)
+  """The `rnnjax` parser: `--version` and the commands `train`, `sample` and `bench`.
+
+  Its errors are one line with a pointer to `--help` (exit code 2).
+  """
+  parser = _Parser(prog="rnnjax", description=DESCRIPTION,
+                   epilog="Without a command, `rnnjax ARGS` means `rnnjax train ARGS`; "
+                   "`rnnjax COMMAND --help` lists a command's options.")
+  parser.add_argument("--version", action="version", version=f"rnnjax {rnnjax.__version__}")
   sub = parser.add_subparsers(dest="command")
-  t = sub.add_parser("train", help="train a model on a task (default: LSTM on CO2)")
+  _add_train(sub.add_parser("train", help="train a model on a task (default: LSTM on CO2)"))
+  _add_sample(sub.add_parser("sample", help="generate text from a trained text model"))
+  _add_bench(sub.add_parser(
+      "bench", help="time rnnjax against Flax and the other installed peers (quick by default)",
+      description="Times a one-layer LSTM/GRU (forward, forward+backward, one Adam step) in "
+      "rnnjax, rnnjax without its fast path (rnnjax_generic), Flax, and Equinox, Haiku and "
+      "PyTorch where installed (pip install -e '.[bench]'), after checking that all compute "
+      "the same function. Prints a Markdown table; 'rnnjax / peer' below 1 means rnnjax is "
+      "faster."))
+  return parser
+
+
+def _add_train(t: argparse.ArgumentParser) -> None:
+  """The options of `rnnjax train`."""
   t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2")
   t.add_argument("--cell", choices=sorted(CELLS), default="lstm")
   t.add_argument("--hidden", type=_positive(int), help="hidden size (task default)")
@@ -106,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--seed", type=_seed, default=0)
   t.add_argument("--out", default=None, help="run directory (default: runs/TASK-CELL)")
   t.add_argument("--resume", action="store_true",
-                 help="continue the run in --out from its newest intact checkpoint (with the "
-                 "same flags; --lr and --clip may change)")
+                 help="continue the run in --out from its newest intact checkpoint, with the "
+                 "same model and task flags; --steps, --lr, --clip, --engine, --keep and the "
+                 "logging, evaluation and checkpoint intervals may change")
   t.add_argument("--overwrite", action="store_true",
                  help="replace the run in --out: delete the files rnnjax train wrote there "
                  "(never others) and start again")
@@ -134,19 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                  help="measure gradient norms over time and step-Jacobian spectra on one "
                  "training batch, at initialisation and after training: diagnostics.json/png")
   t.add_argument("--quiet", action="store_true", help="no progress line")
-  s = sub.add_parser("sample", help="generate text from a trained text model")
+
+
+def _add_sample(s: argparse.ArgumentParser) -> None:
+  """The options of `rnnjax sample`."""
   s.add_argument("--out", required=True, help="the run directory of `rnnjax train --task text`")
   s.add_argument("--length", type=_positive(int), default=400)
   s.add_argument("--prompt", default="def ")
   s.add_argument("--temperature", type=_positive(float), default=0.8)
   s.add_argument("--seed", type=_seed, default=0)
-  b = sub.add_parser(
-      "bench", help="time rnnjax against Flax and the other installed peers (quick by default)",
-      description="Times a one-layer LSTM/GRU (forward, forward+backward, one Adam step) in "
-      "rnnjax, rnnjax without its fast path (rnnjax_generic), Flax, and Equinox, Haiku and "
-      "PyTorch where installed (pip install -e '.[bench]'), after checking that all compute "
-      "the same function. Prints a Markdown table; 'rnnjax / peer' below 1 means rnnjax is "
-      "faster.")
+
+
+def _add_bench(b: argparse.ArgumentParser) -> None:
+  """The options of `rnnjax bench`."""
   b.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
   b.add_argument("--sizes", nargs="+", type=_parsed_by(bench.parse_size), metavar="B,T,I,H",
                  help=f"batch, steps, input and hidden size (default {bench.CLI_SIZE}; "
@@ -163,10 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--seed", type=_seed, default=0)
   b.add_argument("--json-out", metavar="PATH", help="also write one JSON line per measurement "
                  "(for benchmarks/plot_results.py)")
-  return parser
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The configuration of `rnnjax train`: the parsed flags with the task's defaults filled in.
+
+  Raises a `UsageError` for flags that do not go together (such as `--resume` with
+  `--overwrite`, or `--engine parallel` with a cell that is not linear), before any compute.
+
+  Args:
+    args: the parsed `rnnjax train` command line (from `build_parser`).
+  """
   config = {k: v for k, v in vars(args).items() if k != "command"}
   for name, value in TASK_DEFAULTS[args.task].items():
     if config.get(name) is None:

@@ -6,8 +6,8 @@ import argparse
 import pathlib
 import sys
 
-from rnnjax._src import bench
 from rnnjax.cli.errors import UsageError
+from rnnjax.tools import bench
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import shutil
 import sys
 from typing import Any
 
-from rnnjax._src.checkpoint import write_json_atomic
+from rnnjax._src.files import write_json_atomic
 from rnnjax.cli.errors import UsageError, _reason
 
 # Options that may differ between a run and its resumption.

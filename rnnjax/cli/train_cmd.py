@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 import rnnjax
-from rnnjax._src.checkpoint import CheckpointError, write_json_atomic
+from rnnjax._src.checkpoint import CheckpointError
+from rnnjax._src.files import write_json_atomic
 from rnnjax.cli.args import TASK_DEFAULTS
 from rnnjax.cli.errors import UsageError
 from rnnjax.cli.factories import (
@@ -61,7 +62,7 @@ def train(config: dict[str, Any]) -> int:
   start = time.perf_counter()
   diag = {}
   if config.get("diagnostics"):
-    from rnnjax._src import report
+    from rnnjax.tools import report
     diag_batch = task.train_batch(jax.random.fold_in(k_data, 2**31 - 1), config["batch_size"])
     core = model_core(config)
     diag["init"] = report.model_diagnostics(core, state.params, task, diag_batch)

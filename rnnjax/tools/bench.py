@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import rnnjax
-from rnnjax._src import bench_peers as peers
+from rnnjax.tools import bench_peers as peers
 
 # Sizes are B,T,I,H; 16,150,256,256 is DeepBench's H256/B16/T150.
 SIZES = ("32,128,256,256", "8,512,64,128", "64,100,128,256", "32,100,512,512",
@@ -204,7 +204,7 @@ def check_same_function(outputs: dict[str, tuple[str, np.ndarray]], *, size: Seq
       hint = ("rnnjax's own paths disagree, a bug in rnnjax (the fused kernels in "
               "rnnjax/_src/fused.py or the engine in rnnjax/_src/unroll.py)")
     else:
-      hint = ("the weight mapping in rnnjax/_src/bench_peers.py is wrong for this version of "
+      hint = ("the weight mapping in rnnjax/tools/bench_peers.py is wrong for this version of "
               "the peer library")
     if ys.shape != ref.shape:
       raise MismatchError(f"{name}'s outputs have shape {ys.shape}, {baseline}'s {ref.shape}, "

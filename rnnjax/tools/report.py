@@ -14,7 +14,7 @@ import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import diagnostics
-from rnnjax._src.checkpoint import write_json_atomic
+from rnnjax._src.files import write_json_atomic
 
 
 def model_diagnostics(core: Any, params: Any, task: Any, batch: dict[str, Any], *,
