@@ -1,4 +1,11 @@
-"""rnnjax: recurrent neural networks for JAX as pure functions over pytrees."""
+"""rnnjax: recurrent neural networks for JAX as pure functions over pytrees.
+
+The names below are the public API. The submodules `rnnjax.tasks`, `rnnjax.interop` and
+`rnnjax.diagnostics` are attributes too, imported on first use so that `import rnnjax` stays
+fast: `rnnjax.tasks.get_task("co2")` works after a plain `import rnnjax`.
+"""
+
+import importlib as _importlib
 
 from rnnjax._src.cell import Cell as Cell
 from rnnjax._src.cells.common import HiddenState as HiddenState
@@ -89,4 +96,17 @@ __all__ = (
     "unroll",
     "with_recurrence",
 )
-from rnnjax import diagnostics as diagnostics
+
+_LAZY_SUBMODULES = ("diagnostics", "interop", "tasks")
+
+
+def __getattr__(name: str):
+  if name in _LAZY_SUBMODULES:
+    module = _importlib.import_module(f"{__name__}.{name}")
+    globals()[name] = module  # Later lookups find it without calling __getattr__.
+    return module
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES))

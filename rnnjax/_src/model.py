@@ -64,7 +64,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       the same answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a
       `key`) run sequentially: `"auto"` falls back, `"parallel"`/`"chunked"` refuse.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> model = rnnjax.sequence_model(rnnjax.lstm(16), input_size=2, output_size=1)
     >>> params = model.init(jax.random.key(0))

@@ -80,7 +80,7 @@ def make_train_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransf
     donate: donate the input state's buffers to the output (the input state is then
       invalid after the call, which saves memory and copies).
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, optax, rnnjax
     >>> loss = lambda p, batch, key: jnp.mean((batch["x"] * p["w"] - 1.0) ** 2)
     >>> opt = optax.sgd(0.1)
@@ -229,7 +229,7 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
     checkpoint and returns with status "interrupted". With a `mesh`, the final
     state is replicated on it.
 
-  Example:
+  Examples:
     Data-parallel over every local device (on a CPU, simulate 4 devices by
     setting `XLA_FLAGS=--xla_force_host_platform_device_count=4` before JAX starts):
 

@@ -214,7 +214,7 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
   Returns:
     `(ys, final_carry)` with `ys: [T, ..., O]`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.lstm(16)
     >>> params = cell.init(jax.random.key(0), input_size=8)
@@ -286,15 +286,25 @@ def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any
   boundary, so each chunk's gradient sees only its own `chunk` steps. This is
   the usual way to train on long streams (Williams & Peng 1990).
 
+  Every argument but `chunk` is as in `unroll` (forwards only); `T` need not be a multiple
+  of `chunk`.
+
   Args:
-    cell, params, xs, carry, lengths, resets, unroll, remat, key: as in `unroll`
-      (forwards only). `T` need not be a multiple of `chunk`.
+    cell: the cell, as in `unroll`.
+    params: its params.
+    xs: `[T, ..., I]`, time first.
+    carry: the initial carry, or None for `cell.initial_carry`.
     chunk: the truncation length, a positive integer.
+    lengths: `int [...]` valid steps per sequence, or None.
+    resets: `bool [T, ...]`, or None.
+    unroll: steps unrolled per loop iteration.
+    remat: rematerialise each step in the backward pass.
+    key: a PRNG key for stochastic cells, or None.
 
   Returns:
     `(ys, final_carry)`, as `unroll`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.gru(8)
     >>> params = cell.init(jax.random.key(0), input_size=2)

@@ -110,7 +110,7 @@ class RNN(nn.Module):
       None (the default) means True.
     rng_collection: the rng stream that dropout keys come from.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> from rnnjax.interop.flax import RNN
     >>> layer = RNN(rnnjax.lstm(8))
@@ -221,7 +221,7 @@ class NNXRNN(nnx.Module):
     deterministic: True turns the module's randomness (dropout in a stack) off.
     rng_collection: the rng stream that dropout keys come from.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> from flax import nnx
     >>> from rnnjax.interop.flax import NNXRNN

@@ -57,7 +57,7 @@ def read_csv(filename: str) -> tuple[list[str], np.ndarray, str]:
 def load_co2() -> Series:
   """Monthly mean CO2 at Mauna Loa, March 1958 to December 2001 (526 values, ppm).
 
-  Example:
+  Examples:
     >>> s = load_co2()
     >>> len(s.values), float(s.time[0]), s.units
     (526, 1958.166..., 'ppm')
@@ -71,7 +71,7 @@ def load_co2() -> Series:
 def load_sunspots() -> Series:
   """Yearly mean sunspot numbers, 1700 to 2008 (309 values).
 
-  Example:
+  Examples:
     >>> s = load_sunspots()
     >>> len(s.values), float(s.time[-1])
     (309, 2008.0)
@@ -224,7 +224,7 @@ def co2_task(*, window: int = 48, n_test: int = 48, warmup: int = 0,
     warmup: steps at the start of each window that are not scored.
     differences: model the monthly changes (True) or the levels (False).
 
-  Example:
+  Examples:
     >>> import jax
     >>> task = co2_task()
     >>> task.train_batch(jax.random.key(0), 8)["xs"].shape
@@ -251,7 +251,7 @@ def sunspots_task(*, window: int = 40, n_test: int = 30, warmup: int = 0,
     warmup: steps at the start of each window that are not scored.
     differences: model the yearly changes (True) or the levels (False).
 
-  Example:
+  Examples:
     >>> import jax
     >>> task = sunspots_task()
     >>> task.train_batch(jax.random.key(0), 8)["ys"].shape

@@ -62,7 +62,7 @@ def adding_task(length: int = 100, *, n_eval: int = 2048, eval_batch: int = 256,
     The task. `evaluate(predict)` expects `[T, B', 1]` for `xs: [T, B', 2]` and gives
     details `truth` and `prediction`, `[n_eval]` each.
 
-  Example:
+  Examples:
     >>> import jax
     >>> task = adding_task(length=20)
     >>> task.train_batch(jax.random.key(0), 4)["xs"].shape
@@ -155,7 +155,7 @@ def copy_task(delay: int = 100, *, n_copy: int = 10, n_symbols: int = 8, n_eval:
     The task. `evaluate(predict)` expects logits `[T, B', V]` for `xs: [T, B']` and
     gives details `truth` and `prediction`, `[n_eval, K]` int each.
 
-  Example:
+  Examples:
     >>> import jax
     >>> task = copy_task(delay=5)
     >>> task.train_batch(jax.random.key(0), 4)["xs"].shape, task.vocab_size

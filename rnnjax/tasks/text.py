@@ -45,7 +45,7 @@ def encode(text: str, vocab: Sequence[str]) -> np.ndarray:
   Raises:
     ValueError: if `text` holds characters that are not in `vocab`.
 
-  Example:
+  Examples:
     >>> encode("abba", ["a", "b"])
     array([0, 1, 1, 0], dtype=int32)
   """
@@ -64,7 +64,7 @@ def encode(text: str, vocab: Sequence[str]) -> np.ndarray:
 def decode(ids: Any, vocab: Sequence[str]) -> str:
   """The string of the token ids `ids` (`[L]` integers in `[0, len(vocab))`).
 
-  Example:
+  Examples:
     >>> decode([0, 1, 1, 0], ["a", "b"])
     'abba'
   """
@@ -169,7 +169,7 @@ def text_task(path: str | os.PathLike | None = None, *, window: int = 128,
     FileNotFoundError: if `path` does not exist.
     ValueError: if the file is empty, not valid text, or too short for `window`.
 
-  Example:
+  Examples:
     >>> import jax
     >>> task = text_task(max_chars=100_000)
     >>> batch = task.train_batch(jax.random.key(0), 4)

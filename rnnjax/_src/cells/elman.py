@@ -48,7 +48,7 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   Returns:
     A `Cell` whose params are `ElmanParams` and whose carry is `HiddenState(h=[..., H])`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.elman(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)

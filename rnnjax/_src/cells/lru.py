@@ -141,7 +141,7 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   Returns:
     A `Cell` with `LRUParams` and carry `HiddenState(h=[..., N])`, `h` complex.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.lru(8, r_min=0.9, r_max=0.999)
     >>> params = cell.init(jax.random.key(0), input_size=3)

@@ -53,7 +53,7 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   Returns:
     A `Cell` with `MGUParams` and carry `HiddenState(h=[..., H])`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.mgu(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)

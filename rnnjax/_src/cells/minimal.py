@@ -207,7 +207,7 @@ def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
     `(a, b)`, each `[T, ..., H]`; `log_coefficients` is set only with
     `log_space=True`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.mingru(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)
@@ -272,7 +272,7 @@ def minlstm(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
     `(a, b)`, each `[T, ..., H]`; `log_coefficients` is set only with
     `log_space=True`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.minlstm(4, log_space=True)
     >>> params = cell.init(jax.random.key(0), input_size=3)

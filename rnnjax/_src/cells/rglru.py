@@ -100,7 +100,7 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
   Returns:
     A `Cell` with `RGLRUParams` and carry `HiddenState(h=[..., H])`.
 
-  Example:
+  Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
     >>> cell = rnnjax.rglru(8)
     >>> params = cell.init(jax.random.key(0), input_size=3)
