@@ -1,11 +1,13 @@
 """rnnjax: recurrent neural networks for JAX as pure functions over pytrees.
 
-The names below are the public API. The submodules `rnnjax.tasks`, `rnnjax.interop` and
-`rnnjax.diagnostics` are attributes too, imported on first use so that `import rnnjax` stays
-fast: `rnnjax.tasks.get_task("co2")` works after a plain `import rnnjax`.
+The names below are the public API. The submodules `rnnjax.tasks`, `rnnjax.interop`,
+`rnnjax.diagnostics` and `rnnjax.runs` are attributes too, imported on first use so that
+`import rnnjax` stays fast: `rnnjax.tasks.get_task("co2")` works after a plain `import rnnjax`,
+and so do `rnnjax.load_run` and `rnnjax.Run` (from `rnnjax.runs`).
 """
 
 import importlib as _importlib
+import typing as _typing
 
 from rnnjax._src.cell import Cell as Cell
 from rnnjax._src.cells.common import HiddenState as HiddenState
@@ -28,6 +30,7 @@ from rnnjax._src.cells.rglru import RGLRUParams as RGLRUParams
 from rnnjax._src.cells.rglru import rglru as rglru
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.checkpoint import CheckpointError as CheckpointError
+from rnnjax._src.generate import generate as generate
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
 from rnnjax._src.layers import Layer as Layer
@@ -42,6 +45,8 @@ from rnnjax._src.model import SequenceModelParams as SequenceModelParams
 from rnnjax._src.model import sequence_model as sequence_model
 from rnnjax._src.parallel import auto_engine as auto_engine
 from rnnjax._src.parallel import parallel_unroll as parallel_unroll
+from rnnjax._src.progress import ProgressBar as ProgressBar
+from rnnjax._src.selection import restore_best as restore_best
 from rnnjax._src.train import FitResult as FitResult
 from rnnjax._src.train import TrainState as TrainState
 from rnnjax._src.train import fit as fit
@@ -49,6 +54,8 @@ from rnnjax._src.train import make_train_step as make_train_step
 from rnnjax._src.train import train_state as train_state
 from rnnjax._src.unroll import truncated_unroll as truncated_unroll
 from rnnjax._src.unroll import unroll as unroll
+from rnnjax._src.writers import JsonlWriter as JsonlWriter
+from rnnjax._src.writers import TensorBoardWriter as TensorBoardWriter
 
 __version__ = "0.1.0"
 
@@ -62,6 +69,7 @@ __all__ = (
     "FitResult",
     "GRUParams",
     "HiddenState",
+    "JsonlWriter",
     "LRUParams",
     "LSTMParams",
     "LSTMState",
@@ -70,16 +78,21 @@ __all__ = (
     "MGUParams",
     "MinGRUParams",
     "MinLSTMParams",
+    "ProgressBar",
     "RGLRUParams",
+    "Run",
     "SequenceModel",
     "SequenceModelParams",
+    "TensorBoardWriter",
     "TrainState",
     "auto_engine",
     "bidirectional",
     "elman",
     "fit",
+    "generate",
     "gru",
     "is_linear",
+    "load_run",
     "lru",
     "lstm",
     "make_train_step",
@@ -87,6 +100,7 @@ __all__ = (
     "mingru",
     "minlstm",
     "parallel_unroll",
+    "restore_best",
     "rglru",
     "rnn",
     "sequence_model",
@@ -97,7 +111,12 @@ __all__ = (
     "with_recurrence",
 )
 
-_LAZY_SUBMODULES = ("diagnostics", "interop", "tasks")
+_LAZY_SUBMODULES = ("diagnostics", "interop", "runs", "tasks")
+# Public names that live above the library (they build tasks), imported on first use.
+_LAZY_ATTRIBUTES = {"Run": "runs", "load_run": "runs"}
+if _typing.TYPE_CHECKING:  # For type checkers and the API reference (griffe).
+  from rnnjax.runs import Run as Run
+  from rnnjax.runs import load_run as load_run
 
 
 def __getattr__(name: str):
@@ -105,8 +124,12 @@ def __getattr__(name: str):
     module = _importlib.import_module(f"{__name__}.{name}")
     globals()[name] = module  # Later lookups find it without calling __getattr__.
     return module
+  if name in _LAZY_ATTRIBUTES:
+    value = getattr(_importlib.import_module(f"{__name__}.{_LAZY_ATTRIBUTES[name]}"), name)
+    globals()[name] = value
+    return value
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-  return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_ATTRIBUTES))

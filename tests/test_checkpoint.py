@@ -231,3 +231,48 @@ def test_a_directory_that_is_a_file_or_under_one_is_refused(tmp_path):
 def test_bad_keep_is_refused(tmp_path, keep, error):
   with pytest.raises(error, match=r"rnnjax\.Checkpointer: `keep` must be"):
     rnnjax.Checkpointer(tmp_path, keep=keep)
+
+
+# ---- Keeping the best by a metric (orbax's best_fn), as fit does in out_dir/best ----
+
+LOSSES = {1: 3.0, 2: 1.0, 3: 4.0, 4: 0.5, 5: 2.0}
+
+
+def _best_checkpointer(directory, mode="min"):
+  ckpt = rnnjax.Checkpointer(directory, keep=2, best_metric="val/loss", best_mode=mode)
+  for step, loss in LOSSES.items():
+    ckpt.save(step, _tree(step), meta={"step": step}, metrics={"val/loss": loss, "other": -loss})
+  return ckpt
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_with_a_best_metric_the_best_are_kept_and_restored_whatever_their_steps(tmp_path, mode):
+  ckpt = _best_checkpointer(tmp_path, mode)
+  ranked = sorted(LOSSES, key=LOSSES.get, reverse=mode == "max")  # best first
+  assert ckpt.all_steps() == sorted(ranked[:2])
+  assert ckpt.best_step() == ranked[0]
+  _assert_is_step(ckpt.restore(LIKE), ranked[0])
+  _assert_is_step(ckpt.restore(LIKE, step=ranked[1]), ranked[1])
+  ckpt.close()
+
+
+def test_a_damaged_best_checkpoint_falls_back_to_the_next_best_and_is_kept(tmp_path):
+  _best_checkpointer(tmp_path).close()  # Keeps steps 2 (1.0) and 4 (0.5, the best).
+  _damage(tmp_path / "4", "garble", "arrays")
+  damaged = _snapshot(tmp_path / "4")
+  ckpt = rnnjax.Checkpointer(tmp_path, keep=2, best_metric="val/loss")
+  with pytest.warns(UserWarning, match=r"damaged checkpoint .*/4 .*restored step 2 instead"):
+    _assert_is_step(ckpt.restore(LIKE), 2)
+  assert _snapshot(tmp_path / "4.damaged") == damaged
+  ckpt.close()
+
+
+def test_a_best_checkpointer_needs_the_metric_and_a_mode(tmp_path):
+  ckpt = rnnjax.Checkpointer(tmp_path / "a", best_metric="val/loss")
+  with pytest.raises(ValueError, match=r"save\(\.\.\., metrics=\.\.\.\) must hold "
+                     r"best_metric='val/loss'; got metrics=\{'loss': 1\.0\}"):
+    ckpt.save(1, _tree(1), metrics={"loss": 1.0})
+  assert ckpt.all_steps() == []
+  ckpt.close()
+  with pytest.raises(ValueError, match=r"`best_mode` must be 'min' or 'max', got 'low'"):
+    rnnjax.Checkpointer(tmp_path / "b", best_metric="val/loss", best_mode="low")

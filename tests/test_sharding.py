@@ -193,7 +193,7 @@ def test_resume_under_a_mesh_is_exact(child):
   assert facts["part"]["losses"] == facts["four"]["losses"]
   records = [json.loads(line) for line in (out / "part" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-  assert [r["loss"] for r in records] == facts["four"]["losses"]
+  assert [r["train/loss"] for r in records] == facts["four"]["losses"]
 
 
 def test_resume_on_another_number_of_devices(child):

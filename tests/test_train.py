@@ -89,10 +89,13 @@ def test_fit_learns_far_below_the_baseline(tmp_path):
                       progress=False)
   assert result.status == "completed"
   assert int(result.state.step) == 300
-  assert result.evals[-1]["mse"] < baseline / 20
+  assert result.evals[-1]["val/mse"] < baseline / 20
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records if "loss" in r] == [50, 100, 150, 200, 250, 300]
-  assert [r["step"] for r in records if "eval" in r] == [100, 200, 300]
+  assert [r["step"] for r in records if "train/loss" in r] == [50, 100, 150, 200, 250, 300]
+  assert [r["step"] for r in records if "val/mse" in r] == [100, 200, 300]
+  assert [r for r in records if "val/mse" in r] == result.evals
+  assert all(set(r) <= {"step", "train/loss", "train/grad_norm", "train/steps_per_s"}
+             for r in records if "train/loss" in r)
 
 
 def test_fit_resume_is_exact(tmp_path):
@@ -315,7 +318,7 @@ def test_fit_runs_the_last_partial_call():
 def _log(path):
   """`metrics.jsonl`'s records, without the timing, which differs between runs."""
   records = [json.loads(line) for line in path.read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+  return [{k: v for k, v in r.items() if k != "train/steps_per_s"} for r in records]
 
 
 def test_resume_moves_a_damaged_metrics_log_aside_and_keeps_its_intact_records(tmp_path):
@@ -400,6 +403,211 @@ def test_the_cli_clip_is_a_global_norm_clip():
   np.testing.assert_allclose(got, updates(unclipped, [clipped(g) for g in grads]),
                              rtol=1e-5, atol=1e-8)
   assert not np.allclose(got, updates(unclipped, grads), rtol=1e-3)  # The clip matters here.
+
+
+# ---- Validation, the best checkpoint, early stopping, writers, callbacks ----
+# A problem that overfits: 8 cosine features (the higher frequencies scaled down, so that
+# gradient descent fits them last) fitted to 8 noisy points of cos(x); validation on 40
+# clean points elsewhere. The validation error falls, then rises (minimum near step 36).
+
+def _cos_features(x):
+  k = np.arange(8)
+  return (np.cos(np.outer(x, k)) / (1 + k)).astype(np.float32)
+
+
+_RNG = np.random.default_rng(0)
+_X_TRAIN = _RNG.uniform(0, 3, 8)
+FIT_BATCH = {"p": _cos_features(_X_TRAIN),
+             "y": (np.cos(_X_TRAIN) + 0.3 * _RNG.normal(size=8)).astype(np.float32)}
+VAL_P = _cos_features(np.linspace(0, 3, 40))
+VAL_Y = np.cos(np.linspace(0, 3, 40)).astype(np.float32)
+FIT_OPT = optax.sgd(0.6)
+FIT_STEP = rnnjax.make_train_step(
+    lambda p, batch, key: jnp.mean((batch["p"] @ p["w"] - batch["y"]) ** 2), FIT_OPT,
+    donate=False)
+_VAL_MSE = jax.jit(lambda w: jnp.mean((VAL_P @ w - VAL_Y) ** 2))
+
+
+def _val(params):
+  mse = float(_VAL_MSE(params["w"]))
+  return {"mse": mse, "score": -mse}
+
+
+def _fit_state():
+  return rnnjax.train_state({"w": jnp.zeros(8, jnp.float32)}, FIT_OPT, jax.random.key(0))
+
+
+def _fit(**kw):
+  kw = {"num_steps": 60, "eval_fn": _val, "eval_every": 3, "log_every": 3, "progress": False,
+        **kw}
+  return rnnjax.fit(_fit_state(), FIT_STEP, lambda step: FIT_BATCH, **kw)
+
+
+def _records(out):
+  return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _remember(seen):
+  def callback(step, state, metrics):
+    seen[step] = (np.array(state.params["w"]), metrics)
+  return callback
+
+
+def test_the_best_checkpoint_is_the_validation_minimum_and_restore_best_returns_it(tmp_path):
+  seen = {}
+  result = _fit(best_metric="mse", out_dir=tmp_path, callbacks=[_remember(seen)])
+  evals = [(r["step"], r["val/mse"]) for r in _records(tmp_path) if "val/mse" in r]
+  assert [step for step, _ in evals] == list(range(3, 61, 3))
+  best_step, best = min(evals, key=lambda e: e[1])
+  assert 9 < best_step < 51 and evals[-1][1] > best * 1.01  # It overfits: not the last.
+  # The recorded value is the validation error of the params of that step (NumPy).
+  w = seen[best_step][0]
+  np.testing.assert_allclose(best, np.mean((VAL_P @ w - VAL_Y) ** 2), rtol=1e-5)
+  assert result.status == "completed" and int(result.state.step) == 60
+  assert result.best_step == best_step
+  assert result.best_metrics == {"val/mse": best, "val/score": -best}
+  assert seen[best_step][1]["val/mse"] == best
+  restored = rnnjax.restore_best(tmp_path, _fit_state())
+  assert int(restored.step) == best_step
+  np.testing.assert_array_equal(restored.params["w"], w)
+  assert not np.array_equal(restored.params["w"], result.state.params["w"])
+  assert rnnjax.Checkpointer(tmp_path / "best").all_steps() == [best_step]
+  assert f"best checkpoint (step {best_step})" in result.message
+  # Only the newest, not the best, is what `resume` reads.
+  assert rnnjax.Checkpointer(tmp_path / "checkpoint").all_steps() == [60]
+
+
+def test_patience_stops_after_that_many_evaluations_without_improvement(tmp_path):
+  full = [(r["step"], r["val/mse"]) for r in _records_of_a_full_run(tmp_path / "full")]
+  # The plain rule on the full run's evaluations: the first one 4 after the running best.
+  best, since, stop = np.inf, 0, None
+  for step, value in full:
+    best, since = (value, 0) if value < best else (best, since + 1)
+    if since == 4:
+      stop = step
+      break
+  result = _fit(best_metric="score", best_mode="max", patience=4, out_dir=tmp_path / "run")
+  assert result.status == "early_stopped"
+  assert int(result.state.step) == stop < 60
+  assert result.best_step == stop - 4 * 3
+  assert f"stopped early at step {stop}: val/score has not improved for 4 evaluations" in (
+      result.message)
+  assert [(r["step"], r["val/mse"]) for r in _records(tmp_path / "run") if "val/mse" in r] == [
+      e for e in full if e[0] <= stop]
+  assert rnnjax.Checkpointer(tmp_path / "run" / "checkpoint").all_steps() == [stop]
+  assert int(rnnjax.restore_best(tmp_path / "run", _fit_state()).step) == result.best_step
+
+
+def _records_of_a_full_run(out):
+  _fit(out_dir=out)
+  return [r for r in _records(out) if "val/mse" in r]
+
+
+def test_a_resumed_run_records_selects_and_stops_as_an_uninterrupted_one(tmp_path):
+  kw = {"best_metric": "mse", "patience": 4, "checkpoint_every": 6, "log_every": 4}
+  full = _fit(out_dir=tmp_path / "full", **kw)
+  assert full.status == "early_stopped"
+  part = _fit(out_dir=tmp_path / "part", callbacks=[lambda step, s, m: step == 27], **kw)
+  assert part.status == "stopped" and "stopped by callbacks[0] at step 27" in part.message
+  assert rnnjax.Checkpointer(tmp_path / "part" / "checkpoint").all_steps()[-1] == 27
+  resumed = _fit(out_dir=tmp_path / "part", resume=True, **kw)
+  assert resumed.status == "early_stopped"
+  assert (resumed.best_step, resumed.best_metrics) == (full.best_step, full.best_metrics)
+  _tree_assert_equal(resumed.state, full.state)
+  assert _log(tmp_path / "part" / "metrics.jsonl") == _log(tmp_path / "full" / "metrics.jsonl")
+  _tree_assert_equal(rnnjax.restore_best(tmp_path / "part", _fit_state()),
+                     rnnjax.restore_best(tmp_path / "full", _fit_state()))
+
+
+class _ListWriter:
+  """A writer with CLU's four methods that remembers every call."""
+
+  def __init__(self):
+    self.scalars, self.hparams, self.flushed, self.closed = [], [], 0, False
+
+  def write_scalars(self, step, scalars):
+    self.scalars.append((step, dict(scalars)))
+
+  def write_hparams(self, hparams):
+    self.hparams.append(dict(hparams))
+
+  def flush(self):
+    self.flushed += 1
+
+  def close(self):
+    self.closed = True
+
+
+def test_writers_receive_exactly_the_records_of_metrics_jsonl(tmp_path):
+  writer = _ListWriter()
+  _fit(num_steps=20, log_every=4, eval_every=5, out_dir=tmp_path, writers=[writer],
+       hparams={"lr": 0.6, "features": 8})
+  records = _records(tmp_path)
+  assert writer.scalars == [(r["step"], {k: v for k, v in r.items() if k != "step"})
+                            for r in records]
+  assert [r["step"] for r in records] == [4, 5, 8, 10, 12, 15, 16, 20, 20]
+  assert set(records[-2]) == {"step", "train/loss", "train/grad_norm", "train/steps_per_s"}
+  assert set(records[-1]) == {"step", "val/mse", "val/score"}
+  assert writer.hparams == [{"lr": 0.6, "features": 8}]
+  assert writer.flushed >= 1 and not writer.closed
+
+
+def test_callbacks_get_each_calls_metrics_and_a_true_return_stops_after_a_checkpoint(tmp_path):
+  seen, ref, data = {}, _tiny_reference(), _tiny_data()
+  result = rnnjax.fit(_tiny_state(), TINY3, data, num_steps=9, steps_per_call=3,
+                      out_dir=tmp_path, progress=False,
+                      callbacks=[_remember(seen), lambda step, state, metrics: step >= 6])
+  assert result.status == "stopped" and int(result.state.step) == 6
+  assert sorted(seen) == [3, 6]
+  for step in (3, 6):
+    _assert_states_close({"w": seen[step][0]}, ref[step].params)
+    losses = [float(_tiny_loss(ref[s].params, data(s), None)) for s in range(step - 3, step)]
+    np.testing.assert_allclose(seen[step][1]["train/loss"], np.mean(losses), rtol=1e-5)
+    assert set(seen[step][1]) <= {"train/loss", "train/grad_norm", "train/steps_per_s"}
+  ckpt = rnnjax.Checkpointer(tmp_path / "checkpoint")
+  assert ckpt.all_steps() == [6]
+  _assert_states_close(ckpt.restore(ref[0]), ref[6])
+  ckpt.close()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"best_metric": "mse", "eval_fn": None}, ValueError,
+     r"`best_metric` \('mse'\) must name a metric of `eval_fn`'s dict .*no eval_fn was given"),
+    ({"patience": 2}, ValueError, r"`patience` \(2\) counts evaluations .*pass best_metric"),
+    ({"best_metric": "mse", "patience": 0}, ValueError, r"`patience` must be a positive"),
+    ({"best_metric": "mse", "best_mode": "lowest"}, ValueError,
+     r"`best_mode` must be 'min' or 'max', got 'lowest'"),
+    ({"writers": [object()]}, TypeError,
+     r"writers\[0\] \(object\) has no write_scalars, write_hparams, flush, close"),
+    ({"writers": _ListWriter()}, TypeError, r"`writers` must be a sequence of writers"),
+    ({"callbacks": lambda *a: None}, TypeError, r"`callbacks` must be a sequence of functions"),
+    ({"progress": "yes"}, TypeError, r"`progress` must be a bool or an rnnjax\.ProgressBar"),
+])
+def test_fit_refuses_bad_selection_writers_callbacks_and_progress(kwargs, error, match):
+  with pytest.raises(error, match=r"rnnjax\.fit: " + match):
+    _fit(num_steps=3, **kwargs)
+
+
+def test_a_best_metric_that_eval_fn_does_not_return_is_named_with_those_it_does():
+  with pytest.raises(ValueError, match=(
+      r"rnnjax\.fit: best_metric='rmse' is not a metric of eval_fn, which returned "
+      r"\['mse', 'score'\]\. Pass one of those")):
+    _fit(num_steps=3, best_metric="rmse")
+
+
+def test_restore_best_without_a_best_checkpoint_is_a_checkpoint_error(tmp_path):
+  _fit(num_steps=3, out_dir=tmp_path)  # No best_metric: no best checkpoint.
+  with pytest.raises(rnnjax.CheckpointError, match=r"rnnjax\.restore_best: no best checkpoint "
+                     r"in .*best\. fit keeps one only with an out_dir, an eval_fn and a "
+                     r"best_metric") as err:
+    rnnjax.restore_best(tmp_path, _fit_state())
+  assert err.value.kind == "missing"
+
+
+def test_without_resume_an_out_dir_holding_a_best_checkpoint_is_refused(tmp_path):
+  (tmp_path / "best" / "12").mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"already holds best of an earlier run"):
+    _fit(num_steps=3, out_dir=tmp_path)
 
 
 # ---- Truncated BPTT ----

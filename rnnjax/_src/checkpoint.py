@@ -3,7 +3,9 @@
 orbax-checkpoint is the JAX ecosystem's checkpoint library (and a dependency of
 Flax already). Each checkpoint is written to a temporary directory and renamed
 into place only once complete, so a run killed mid-save leaves the previous
-checkpoints intact; only the newest `keep` are kept. (The command line records
+checkpoints intact; only the newest `keep` are kept, or, given a `best_metric`,
+the `keep` best by it (orbax's `best_fn`: `fit` keeps its best evaluation so, in
+`out_dir/best`). (The command line records
 the run's configuration beside them in a JSON file, written atomically too, with
 `rnnjax._src.files.write_json_atomic`.)
 
@@ -49,8 +51,9 @@ class CheckpointError(ValueError):
   Attributes:
     path: the directory concerned (a step directory, or the checkpoint directory).
     kind: "damaged" (files missing, truncated or garbled), "mismatch" (intact, but
-      its arrays differ from `like`'s in structure, shape or dtype) or "unusable"
-      (the checkpoint directory cannot be created).
+      its arrays differ from `like`'s in structure, shape or dtype), "unusable"
+      (the checkpoint directory cannot be created) or "missing" (there is no
+      checkpoint where one was asked for, as by `rnnjax.restore_best`).
     detail: what is wrong, in one line, without the path.
   """
 
@@ -64,7 +67,11 @@ class Checkpointer:
 
   Args:
     directory: where the checkpoints live (one sub-directory per step).
-    keep: how many of the newest checkpoints to keep.
+    keep: how many of the newest checkpoints to keep (with `best_metric`: of the best).
+    best_metric: if given, `save` takes `metrics` (a dict of floats holding this key)
+      and the `keep` checkpoints best by `metrics[best_metric]` are kept, whatever
+      their steps (orbax's `best_fn`); `restore(like)` restores the best intact one.
+    best_mode: "min" (lower is better, the default) or "max", with `best_metric`.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp, rnnjax
@@ -76,12 +83,18 @@ class Checkpointer:
     [1.0, 1.0, 1.0]
   """
 
-  def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
+               best_metric: str | None = None, best_mode: str = "min"):
     if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)):
       raise TypeError(f"{_FN}: `keep` must be an int, got {keep!r} of type {type(keep).__name__}.")
     if keep < 1:
       raise ValueError(f"{_FN}: `keep` must be >= 1, got keep={keep}.")
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"{_FN}: `best_mode` must be 'min' or 'max', got {best_mode!r}.")
     self.directory = pathlib.Path(directory).absolute()
+    self.best_metric, self.best_mode = best_metric, best_mode
+    best = ({} if best_metric is None else
+            {"best_fn": lambda metrics: metrics[best_metric], "best_mode": best_mode})
     ocp = _orbax()
     try:
       if self.directory.exists() and not self.directory.is_dir():
@@ -89,7 +102,7 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           self.directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True,
-                                               enable_async_checkpointing=False),
+                                               enable_async_checkpointing=False, **best),
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "meta": ocp.JsonCheckpointHandler()})
     except OSError as err:
@@ -98,16 +111,22 @@ class Checkpointer:
                             "a directory path that is not a file or under one.",
                             path=self.directory, kind="unusable", detail=detail) from None
 
-  def save(self, step: int, tree: Any, meta: dict | None = None) -> None:
+  def save(self, step: int, tree: Any, meta: dict | None = None,
+           metrics: dict | None = None) -> None:
     """Writes `tree` (and an optional JSON-able `meta` dict) as the checkpoint of `step`.
 
     Both go into the same step directory, which appears only once complete.
-    Returns once the checkpoint is on disk.
+    Returns once the checkpoint is on disk. With `best_metric`, `metrics` (floats)
+    must hold it; the checkpoint then stays only while among the `keep` best.
     """
+    if self.best_metric is not None and self.best_metric not in (metrics or {}):
+      raise ValueError(f"{_FN}: save(..., metrics=...) must hold best_metric="
+                       f"{self.best_metric!r}; got metrics={metrics!r}.")
     ocp = _orbax()
     items = {"state": ocp.args.StandardSave(tree),
              "meta": ocp.args.JsonSave(meta if meta is not None else {})}
-    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    metrics = None if metrics is None else {str(k): float(v) for k, v in metrics.items()}
+    self._manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
     self._manager.wait_until_finished()
 
   def latest_step(self) -> int | None:
@@ -116,11 +135,22 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """The steps of the complete checkpoints, in increasing order."""
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
+  def best_step(self) -> int | None:
+    """With `best_metric`: the best checkpoint's step (None if there is none).
+
+    Without it, the newest (as orbax's `best_step`).
+    """
+    self._manager.reload()
+    return self._manager.best_step()
+
   def restore(self, like: Any, step: int | None = None) -> Any:
     """Restores the checkpoint of `step` (default: the newest intact one) like `like`.
+
+    With `best_metric`, the default is the best intact one.
 
     Raises:
       FileNotFoundError: if there is no checkpoint (of `step`).
@@ -156,7 +186,7 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"{_FN}: no checkpoint in {self.directory}.")
     damaged = []
-    for candidate in reversed(steps):
+    for candidate in self._best_first(steps):
       try:
         restored = self._load(candidate, like)
       except CheckpointError as err:
@@ -176,6 +206,18 @@ class Checkpointer:
         f"{_FN}: every checkpoint in {self.directory} is damaged ({listed}). Their files are "
         "left as they are; restore an intact copy of one, or start again in another directory.",
         path=self.directory, kind="damaged", detail=listed)
+
+  def _best_first(self, steps: list[int]) -> list[int]:
+    """`steps` newest first; with `best_metric`, best first (those without metrics last)."""
+    if self.best_metric is None:
+      return steps[::-1]
+    sign = 1.0 if self.best_mode == "min" else -1.0
+
+    def rank(step: int) -> tuple[float, int]:
+      metrics, _ = _quietly(lambda: self._manager.metrics(step))
+      value = (metrics or {}).get(self.best_metric)
+      return (np.inf if value is None or not np.isfinite(value) else sign * value, -step)
+    return sorted(steps, key=rank)
 
   def _load(self, step: int, like: Any) -> tuple[Any, dict]:
     """Restores `step`, checking its arrays against `like`'s first."""

@@ -115,7 +115,10 @@ class BatchPlacer:
   C++ dispatch sends each device its slice for a fraction of `jax.device_put`'s
   cost; JAX arrays go through `jax.device_put`. With several processes each one
   passes its own share of the global batch, which
-  `jax.make_array_from_process_local_data` assembles.
+  `jax.make_array_from_process_local_data` assembles: a process's devices get
+  its share's slices in the order of the mesh, so with a mesh over
+  `jax.devices()` (process order) the global batch is the shares concatenated
+  in process order. Arrays to replicate must be equal in every process.
   """
 
   def __init__(self, fn: str, mesh: Mesh, batch_axis: str, batch_dim: Any):
@@ -153,7 +156,7 @@ class BatchPlacer:
     if jax.process_count() == 1:
       on_host = not any(isinstance(x, jax.Array) for x in leaves)
       placed = put(leaves) if on_host else jax.device_put(leaves, shardings)
-    else:  # Untested here: only one process with simulated devices is.
+    else:  # Several processes (tests/test_multihost.py): each passes its own share.
       placed = [jax.make_array_from_process_local_data(s, np.asarray(x))
                 for s, x in zip(shardings, leaves, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, placed)

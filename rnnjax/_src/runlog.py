@@ -1,61 +1,84 @@
-"""What `fit` writes as it runs, checkpoints aside: its `out_dir`, log and progress line.
+"""What `fit` records as it runs, checkpoints aside: its `out_dir`, records and writers.
 
-`out_dir/metrics.jsonl` gets one JSON record a line (`append_jsonl`); a resumed
-run first drops the records past the step it starts from (`trim_jsonl`), which
-it writes again, and sets a damaged file aside rather than lose it. A fresh run
-never writes into an earlier run's `out_dir` (`refuse_an_earlier_run`), which
-`open_out_dir` makes, with the run's `Checkpointer`. `Progress` is the one-line
-display on stderr.
+`Records` makes the training records (the mean loss since the last one, the last
+gradient norm, the steps per second) and sends every record, training and
+evaluation alike, to the writers (`out_dir/metrics.jsonl` through a `JsonlWriter`,
+and the user's) and to the progress display. A resumed run first drops the
+records of `metrics.jsonl` past the step it starts from (`trim_jsonl`), which it
+writes again, and sets a damaged file aside rather than lose it. A fresh run never
+writes into an earlier run's `out_dir` (`refuse_an_earlier_run`), which
+`open_out_dir` makes, with the run's checkpointers.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
+import time
 import warnings
+from typing import Any
+
+import numpy as np
 
 from rnnjax._src.checkpoint import Checkpointer
 
 
-class Progress:
-  """A one-line progress display: step, loss, steps/s, ETA. Quiet when disabled."""
+class Records:
+  """The training records of a run, and where every record goes.
 
-  def __init__(self, total: int, enabled: bool, stream=None):
-    self.total, self.enabled = total, enabled
-    self.stream = stream or sys.stderr
-    self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+  Args:
+    writers: each gets `write_scalars(step, scalars)` for every record.
+    bar: the progress display (or None), updated after every call of the step.
+    log_every: steps between training records.
+    losses: the losses since the last record, as saved with a checkpoint.
+  """
 
-  def update(self, step: int, loss: float, rate: float | None, extra: str = "") -> None:
-    if not self.enabled:
-      return
-    eta = "?" if not rate else _fmt_seconds((self.total - step) / rate)
-    speed = "?" if not rate else f"{rate:.1f}"
-    width = len(str(self.total))
-    line = (f"step {step:>{width}}/{self.total}  loss {loss:.5g}  {speed} steps/s  "
-            f"ETA {eta}{extra}")
-    if self.tty:
-      self.stream.write("\r" + line.ljust(79))
-    else:
-      self.stream.write(line + "\n")
-    self.stream.flush()
+  def __init__(self, writers: tuple[Any, ...], bar: Any, log_every: int,
+               losses: list[float] | None = None):
+    self.writers, self.bar, self.log_every = writers, bar, log_every
+    self.losses = list(losses or [])
+    self.rate: float | None = None
+    self._t_last: float | None = None
+    self._s_last = 0
 
-  def close(self) -> None:
-    if self.tty:
-      self.stream.write("\n")
-      self.stream.flush()
+  def call(self, step: int, k: int, num_steps: int, metrics: dict,
+           loss: np.ndarray) -> tuple[dict, dict]:
+    """After a call of `k` steps reaching `step`: `(this call's metrics, the record or {})`.
 
+    The call's metrics are its mean loss and last gradient norm (and the rate once
+    known); a training record, made every `log_every` steps and at `num_steps`, has
+    the mean loss since the previous record instead, and goes to the writers.
+    """
+    self._time(step)
+    extra = {}
+    if "grad_norm" in metrics:  # A step function of one's own may not report it.
+      extra["train/grad_norm"] = float(np.asarray(metrics["grad_norm"]).reshape(-1)[-1])
+    if self.rate:
+      extra["train/steps_per_s"] = self.rate
+    this = {"train/loss": float(np.mean(loss)), **extra}
+    if step % self.log_every >= k and step != num_steps:
+      return this, {}
+    record = {"train/loss": float(np.mean(self.losses)), **extra}
+    self.losses.clear()
+    self.write(step, record)
+    return this, record
 
-def _fmt_seconds(s: float) -> str:
-  s = max(0, round(s))
-  return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+  def _time(self, step: int) -> None:
+    """Steps per second since the last measure, from the second call on (the first compiles)."""
+    now = time.perf_counter()
+    if self._t_last is None:
+      self._t_last, self._s_last = now, step
+    elif now > self._t_last and step - self._s_last >= self.log_every:
+      self.rate = (step - self._s_last) / (now - self._t_last)
+      self._t_last, self._s_last = now, step
 
+  def write(self, step: int, scalars: dict) -> None:
+    for writer in self.writers:
+      writer.write_scalars(step, scalars)
 
-def append_jsonl(path: pathlib.Path | None, record: dict) -> None:
-  if path is None:
-    return
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  def show(self, step: int, scalars: dict) -> None:
+    if self.bar is not None:
+      self.bar.update(step, scalars)
 
 
 def trim_jsonl(path: pathlib.Path, last_step: int) -> None:
@@ -99,10 +122,13 @@ def refuse_an_earlier_run(fn: str, out: pathlib.Path) -> None:
   if out.exists() and not out.is_dir():
     raise ValueError(f"{fn}: `out_dir` must be a directory, but {out} is a file. "
                      "Pass another `out_dir`.")
-  ckpt = out / "checkpoint"
+
+  def holds(name: str) -> bool:
+    d = out / name
+    return d.exists() and (not d.is_dir() or any(d.iterdir()))
   found = [name for name, there in (
       ("metrics.jsonl", (out / "metrics.jsonl").exists()),
-      ("checkpoint", ckpt.exists() and (not ckpt.is_dir() or any(ckpt.iterdir())))) if there]
+      ("checkpoint", holds("checkpoint")), ("best", holds("best"))) if there]
   if found:
     raise ValueError(
         f"{fn}: `out_dir` {out} already holds {' and '.join(found)} of an earlier run, which "
@@ -110,11 +136,11 @@ def refuse_an_earlier_run(fn: str, out: pathlib.Path) -> None:
         "another (or an empty) `out_dir`.")
 
 
-def open_out_dir(fn: str, out: pathlib.Path | None, keep: int,
-                 primary: bool) -> tuple[Checkpointer | None, pathlib.Path | None]:
-  """Makes `out` if need be: `(its Checkpointer, metrics.jsonl path)`, None without `out`.
+def open_out_dir(fn: str, out: pathlib.Path | None, keep: int, best_metric: str | None,
+                 best_mode: str) -> tuple[Checkpointer | None, Checkpointer | None]:
+  """Makes `out` if need be: `(the newest checkpoints, the best one)`, None where not kept.
 
-  The path is None on every process but the first, which alone writes the log.
+  The best checkpoint is kept in `out/best` given a `best_metric` (of `val/` metrics).
   """
   if out is None:
     return None, None
@@ -123,4 +149,6 @@ def open_out_dir(fn: str, out: pathlib.Path | None, keep: int,
   except OSError as err:
     raise ValueError(f"{fn}: cannot make `out_dir` {out}: {err.strerror or err}. "
                      "Pass another `out_dir`.") from err
-  return Checkpointer(out / "checkpoint", keep=keep), (out / "metrics.jsonl" if primary else None)
+  best = (None if best_metric is None else
+          Checkpointer(out / "best", keep=1, best_metric=best_metric, best_mode=best_mode))
+  return Checkpointer(out / "checkpoint", keep=keep), best

@@ -1,34 +1,32 @@
 """Training: a pure, jitted Optax step and a plain Python loop around it.
 
 `make_train_step` builds `(state, batch) -> (state, metrics)`; `fit` runs it
-with a progress line, periodic evaluation, `metrics.jsonl`, checkpoints,
-resume, a clean stop on Ctrl-C and an early stop on a non-finite step, and,
-given a `jax.sharding.Mesh`, data-parallel over its devices (the state
-replicated, each batch split along its batch dimension; the jitted step then
-runs SPMD). Truncated BPTT lives in the engine (`rnnjax.truncated_unroll`).
-`fit`'s parts live beside it: `placement` (batches onto the devices), `runlog`
-(`out_dir`, `metrics.jsonl`, progress line), `step_outcome` (accepted steps).
+with a progress bar, evaluation on validation data, the best checkpoint and early
+stopping, metric writers and callbacks, checkpoints, resume, a clean stop on
+Ctrl-C and an early stop on a non-finite step, and, given a `jax.sharding.Mesh`,
+data-parallel over its devices (the state replicated, each batch split along its
+batch dimension; the jitted step then runs SPMD). Truncated BPTT lives in the
+engine (`rnnjax.truncated_unroll`). `fit` assembles its parts, each in a module
+of its own: `loop` (the calls of the step and what happens between them),
+`placement` (batches onto the devices), `runlog` (`out_dir` and the records sent
+to the writers), `selection` (validation, best checkpoint, patience), `progress`
+(the display), `writers` and `step_outcome` (accepted steps).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import pathlib
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from rnnjax._src import checks, placement, runlog, step_outcome
-from rnnjax._src.checkpoint import Checkpointer
+from rnnjax._src import checks, loop, placement, runlog, selection, step_outcome
+from rnnjax._src.progress import ProgressBar, as_progress
+from rnnjax._src.writers import JsonlWriter, check_writers
 
 
 class TrainState(NamedTuple):
@@ -125,41 +123,43 @@ def make_train_step(loss_fn: Callable[..., Any], optimizer: optax.GradientTransf
 
 
 class FitResult(NamedTuple):
+  """How a `fit` run ended: its final state, status and evaluations, and the best of them."""
+
   state: TrainState | None  # the final state; if diverged, the one before the failed step
-  status: str  # "completed", "interrupted" or "diverged"
+  # "completed", "interrupted" (Ctrl-C), "stopped" (by a callback), "early_stopped"
+  # (`patience`) or "diverged"
+  status: str
   message: str  # a human-readable account of how the run ended
-  evals: list[dict]  # every evaluation, {"step": ..., **metrics}
-
-
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[dict]:
-  """Turns the first Ctrl-C into a flag the loop checks; a second one interrupts at once."""
-  flag = {"stop": False}
-  if threading.current_thread() is not threading.main_thread():
-    yield flag
-    return
-  previous = signal.getsignal(signal.SIGINT)
-
-  def handler(signum, frame):
-    if flag["stop"]:
-      signal.signal(signal.SIGINT, previous)
-      raise KeyboardInterrupt
-    flag["stop"] = True
-
-  signal.signal(signal.SIGINT, handler)
-  try:
-    yield flag
-  finally:
-    signal.signal(signal.SIGINT, previous)
+  evals: list[dict]  # every evaluation of this run, {"step": ..., "val/<metric>": ...}
+  best_step: int | None = None  # the step of the best evaluation by `best_metric`
+  best_metrics: dict | None = None  # its `val/` metrics
 
 
 def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
         num_steps: int, steps_per_call: int = 1,
         eval_fn: Callable[[Any], dict[str, float]] | None = None, eval_every: int = 0,
+        best_metric: str | None = None, best_mode: str = "min", patience: int | None = None,
         out_dir: str | pathlib.Path | None = None, checkpoint_every: int = 0, keep: int = 3,
-        resume: bool = False, log_every: int = 50, progress: bool = True,
-        mesh: Mesh | None = None, batch_axis: str = "batch", batch_dim: Any = 1) -> FitResult:
+        resume: bool = False, log_every: int = 50, writers: Sequence[Any] = (),
+        hparams: Mapping[str, Any] | None = None,
+        callbacks: Sequence[Callable[[int, TrainState, dict], bool | None]] = (),
+        progress: bool | ProgressBar = True, mesh: Mesh | None = None,
+        batch_axis: str = "batch", batch_dim: Any = 1) -> FitResult:
   """Trains until `state.step == num_steps`, optionally data-parallel over a device mesh.
+
+  Between calls of `train_step`, in this order: a training record every
+  `log_every` steps, an evaluation on the validation data every `eval_every`
+  steps (and at `num_steps`), the progress display, the callbacks, a checkpoint
+  every `checkpoint_every` steps; then the run stops if Ctrl-C was pressed, a
+  callback asked to, or `patience` ran out.
+
+  Records: every record, one flat dict of floats at a step, goes to every writer
+  (`write_scalars(step, scalars)`) and, with an `out_dir`, to `out_dir/metrics.jsonl`
+  (a `JsonlWriter`), one JSON line each: training records
+  `{"step": 500, "train/loss": ..., "train/grad_norm": ..., "train/steps_per_s": ...}`
+  (the mean loss since the previous record, the last gradient norm, and the rate once
+  known, timed from the second call on since the first compiles) and evaluation
+  records `{"step": 500, "val/rmse": ...}` (`eval_fn`'s metrics, prefixed `val/`).
 
   Data parallelism: with a `mesh`, the state is replicated on every device of it
   (`NamedSharding(mesh, PartitionSpec())`) and each batch is split along its batch
@@ -172,14 +172,17 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
   type. Checkpoints hold the full arrays and restore onto the mesh of the run
   that resumes, so a run may resume on another number of devices.
 
-  Several hosts (untested here: the tests use one process with simulated CPU
-  devices): call `jax.distributed.initialize()` first on every host, build the
-  mesh over all `jax.devices()`, start every host from the same `state`, and
+  Several hosts: call `jax.distributed.initialize()` first on every host, build
+  the mesh over all `jax.devices()`, start every host from the same `state`, and
   let `data(step)` return the host's own share of the global batch (the global
   batch is the hosts' shares concatenated along `batch_dim`, in process order);
   `fit` assembles them with `jax.make_array_from_process_local_data`. Only
-  process 0 writes `metrics.jsonl` and the progress line; `out_dir` must be on
-  a file system that all hosts share (orbax coordinates the checkpoint writes).
+  process 0 writes records (to `metrics.jsonl` and the writers) and shows
+  progress; `eval_fn` and the callbacks run on every process, and a stop asked in
+  any process (a callback, Ctrl-C) stops every process after the same step.
+  `out_dir` must be on a file system that all hosts share (orbax coordinates the
+  checkpoint writes). Tested with 2 processes of 2 simulated CPU devices each
+  (`tests/test_multihost.py`).
 
   Args:
     state: the starting `TrainState` (also the template for restoring a checkpoint).
@@ -191,20 +194,48 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
       and a resumed run sees exactly the batches of an uninterrupted one.
     num_steps: the total number of steps of the run (not the number still to do).
     steps_per_call: steps per call of `train_step`.
-    eval_fn: `eval_fn(params) -> dict of floats`, run every `eval_every` steps and at the end.
+    eval_fn: `eval_fn(params) -> dict of floats`, the evaluation on VALIDATION data
+      (keep the test data for the chosen model), run every `eval_every` steps and at
+      `num_steps`. Its metrics are recorded as `val/<name>`.
+    eval_every: steps between evaluations (0: only at `num_steps`).
+    best_metric: a key of `eval_fn`'s dict (e.g. "rmse") to select the best
+      evaluation by; its step and metrics are returned, and with an `out_dir` its
+      state is kept as the checkpoint of `out_dir/best` (read it back with
+      `rnnjax.restore_best`), beside the newest ones. Non-finite values never count
+      as the best.
+    best_mode: "min" (lower is better) or "max".
+    patience: stop (status "early_stopped") after this many evaluations in a row
+      without a strict improvement of `best_metric`; None never stops early.
     out_dir: if given, `metrics.jsonl` is appended there and checkpoints go to
-      `out_dir/checkpoint` (the newest `keep` are kept). `fit` removes no file of
-      an earlier run: without `resume`, an `out_dir` that holds a `metrics.jsonl`
-      or checkpoints is refused (ValueError).
-    checkpoint_every: steps between checkpoints (0: only at the end and on Ctrl-C);
-      a multiple of `steps_per_call`, so a resumed run groups steps as the original did.
+      `out_dir/checkpoint` (the newest `keep` are kept) and `out_dir/best`. `fit`
+      removes no file of an earlier run: without `resume`, an `out_dir` that holds
+      a `metrics.jsonl` or checkpoints is refused (ValueError).
+    checkpoint_every: steps between checkpoints (0: only at the end, on Ctrl-C and
+      on a stop); a multiple of `steps_per_call`, so a resumed run groups steps as
+      the original did.
+    keep: how many of the newest checkpoints to keep.
     resume: continue from the newest checkpoint in `out_dir/checkpoint`, if any
-      (else from `state`). Records of `metrics.jsonl` past the step it starts from
-      are dropped, as the run writes them again; if the file has damaged lines, it
-      is first moved aside to `metrics.jsonl.damaged-<n>`, with a warning, and its
-      intact records are kept.
-    log_every: steps between records in `metrics.jsonl` and progress lines.
-    progress: show the progress line on stderr.
+      (else from `state`), with the best evaluation and the `patience` count as they
+      were. Records of `metrics.jsonl` past the step it starts from are dropped, as
+      the run writes them again; if the file has damaged lines, it is first moved
+      aside to `metrics.jsonl.damaged-<n>`, with a warning, and its intact records
+      are kept.
+    log_every: steps between training records (and progress lines off a terminal).
+    writers: objects with the methods of a `clu.metric_writers.MetricWriter`
+      (`write_scalars`, `write_hparams`, `flush`, `close`): a CLU, TensorBoard or W&B
+      writer as it is, or `rnnjax.TensorBoardWriter`. Each gets every record, and
+      `flush()` at the end; `fit` never closes them.
+    hparams: written once to each of `writers` at the start (`write_hparams`), not
+      to `metrics.jsonl`.
+    callbacks: functions `callback(step, state, metrics)`, called after every call
+      of the step with the global step, the state and that call's metrics as floats
+      (`train/loss`, its mean loss, `train/grad_norm`, `train/steps_per_s` once
+      known, and the `val/` metrics when an evaluation ran at this step). A truthy
+      return stops the run after a checkpoint (status "stopped"). The state is
+      valid until the next call of the step (which may donate it): copy what you keep.
+    progress: True for an `rnnjax.ProgressBar` on stderr (a bar on a terminal or in
+      a notebook, plain lines otherwise), False for none, or a `ProgressBar` of
+      one's own (to name units or another stream).
     mesh: a `jax.sharding.Mesh` to train data-parallel on (e.g.
       `jax.make_mesh((jax.device_count(),), ("batch",))`), or None for one device.
       The batch size must be divisible by the size of its axis `batch_axis`.
@@ -218,16 +249,16 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
       leading axis of steps.
 
   Returns:
-    A `FitResult`. A step whose loss, gradient norm or new params are not finite
-    is rejected (see `make_train_step`) and stops the run with status
-    "diverged", a message naming that step and what was not finite, and as
-    `state` the state after the step before it, which is also saved as a
-    checkpoint (if this run took a step before it): no checkpoint ever holds a
-    rejected state. (A step function of one's own that does not report
-    `accepted` is checked on the host; if it donated its input, the last
-    checkpoint's state is returned, or None.) The first Ctrl-C saves a
-    checkpoint and returns with status "interrupted". With a `mesh`, the final
-    state is replicated on it.
+    A `FitResult`, with `best_step` and `best_metrics` given a `best_metric`. A
+    step whose loss, gradient norm or new params are not finite is rejected (see
+    `make_train_step`) and stops the run with status "diverged", a message naming
+    that step and what was not finite, and as `state` the state after the step
+    before it, which is also saved as a checkpoint (if this run took a step before
+    it): no checkpoint ever holds a rejected state. (A step function of one's own
+    that does not report `accepted` is checked on the host; if it donated its
+    input, the last checkpoint's state is returned, or None.) The first Ctrl-C
+    saves a checkpoint and returns with status "interrupted". With a `mesh`, the
+    final state is replicated on it.
 
   Examples:
     Data-parallel over every local device (on a CPU, simulate 4 devices by
@@ -252,147 +283,69 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
     raise ValueError(
         f"{fn}: `checkpoint_every` ({checkpoint_every}) must be a multiple of "
         f"`steps_per_call` ({steps_per_call}), so that a resumed run is exact.")
+  select = selection.Selection(fn, eval_fn, best_metric, best_mode, patience)
+  writers = check_writers(fn, writers)
+  callbacks = _check_callbacks(fn, callbacks)
+  bar = as_progress(fn, progress)
   out = pathlib.Path(out_dir) if out_dir is not None else None
   if out is not None and not resume:
     runlog.refuse_an_earlier_run(fn, out)
   state, place = placement.data_parallel(fn, state, mesh, batch_axis, batch_dim)
-  primary = jax.process_index() == 0  # Only one process writes the log and the progress line.
-  run = _Run(fn, num_steps, steps_per_call, log_every, eval_every, checkpoint_every, eval_fn,
-             *runlog.open_out_dir(fn, out, keep, primary))
   template = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       state)
-  if resume and run.ckpt is not None and run.ckpt.latest_step() is not None:
-    state, meta = run.ckpt.restore_with_meta(state)
-    run.last_saved = int(state.step)
-    run.losses = list(meta.get("pending_losses", []))
-  if resume and run.metrics_path is not None:  # Records past the start are written again.
-    runlog.trim_jsonl(run.metrics_path, int(state.step))
-  bar = runlog.Progress(num_steps, progress and primary)
-  start = int(state.step)
-  with _sigint_flag() as flag:
-    state, step, status, message = _train(run, state, start, train_step, data, place, bar, flag)
-  bar.close()
-  return _finish(run, state, step, start, status, message, template)
+  ckpt, select.ckpt = runlog.open_out_dir(fn, out, keep, select.metric, best_mode)
+  run = loop.Loop(fn, num_steps, steps_per_call, eval_every, checkpoint_every, train_step, data,
+                  place, runlog.Records((), None, log_every), select, callbacks, ckpt)
+  jsonl = None
+  try:
+    if resume:
+      state = run.resume(state)
+    start = int(state.step)
+    jsonl = _open_records(run, out, resume, start, writers, hparams, bar)
+    with loop.sigint_flag() as flag:
+      state, step, status, message = loop.run(run, state, start, flag)
+    state, message = loop.finish(run, state, step, start, status, message, template)
+  finally:
+    if run.records.bar is not None:
+      run.records.bar.close()
+    for writer in run.records.writers:
+      writer.flush()
+    for closing in (jsonl, ckpt, select.ckpt):
+      if closing is not None:
+        closing.close()
+  return FitResult(state, status, message, select.evals, select.best_step(),
+                   select.best_metrics())
 
 
-@dataclasses.dataclass
-class _Run:
-  """One `fit` run: its settings, and the bookkeeping of its checkpoints, log and evaluations."""
-
-  fn: str
-  num_steps: int
-  steps_per_call: int
-  log_every: int
-  eval_every: int
-  checkpoint_every: int
-  eval_fn: Callable[[Any], dict[str, float]] | None
-  ckpt: Checkpointer | None
-  metrics_path: pathlib.Path | None
-  last_saved: int | None = None  # the step of the newest checkpoint (if any) of this run
-  # Losses since the last log record are saved with each checkpoint, so that a
-  # resumed run logs exactly what an uninterrupted one would.
-  losses: list[float] = dataclasses.field(default_factory=list)
-  evals: list[dict] = dataclasses.field(default_factory=list)
-
-  def save(self, s: TrainState) -> None:
-    if self.ckpt is not None and int(s.step) != self.last_saved:
-      self.ckpt.save(int(s.step), s, meta={"pending_losses": self.losses})
-      self.last_saved = int(s.step)
-
-  def evaluate(self, s: TrainState) -> None:
-    if self.eval_fn is None:
-      return
-    record = {"step": int(s.step), **{k: float(v) for k, v in self.eval_fn(s.params).items()}}
-    self.evals.append(record)
-    runlog.append_jsonl(self.metrics_path, {"step": record["step"], "eval": record})
-
-  def log(self, bar: runlog.Progress, step: int, metrics: dict, rate: float | None) -> None:
-    """Logs the mean loss since the last record and the last gradient norm; shows them."""
-    mean_loss = float(np.mean(self.losses))
-    self.losses.clear()
-    record = {"step": step, "loss": mean_loss,
-              "grad_norm": float(np.asarray(metrics["grad_norm"]).reshape(-1)[-1])}
-    if rate:
-      record["steps_per_s"] = rate
-    runlog.append_jsonl(self.metrics_path, record)
-    bar.update(step, mean_loss, rate)
+def _open_records(run: loop.Loop, out: pathlib.Path | None, resume: bool, start: int,
+                  writers: tuple[Any, ...], hparams: Mapping[str, Any] | None,
+                  bar: ProgressBar | None) -> JsonlWriter | None:
+  """On process 0 only: the writers (`metrics.jsonl`'s first) and the display, started."""
+  if jax.process_index() != 0:
+    return None
+  jsonl = None
+  if out is not None:
+    path = out / "metrics.jsonl"
+    if resume:  # Records past the start are written again.
+      runlog.trim_jsonl(path, start)
+    jsonl = JsonlWriter(path)
+  if hparams is not None:
+    for writer in writers:
+      writer.write_hparams(dict(hparams))
+  run.records.writers = ((jsonl,) if jsonl is not None else ()) + writers
+  if bar is not None:
+    bar.start(run.num_steps, start)
+    run.records.bar = bar
+  return jsonl
 
 
-def _train(run: _Run, state: TrainState, start: int, train_step: Callable,
-           data: Callable[[int], Any], place: placement.BatchPlacer | None,
-           bar: runlog.Progress, flag: dict) -> tuple[TrainState | None, int, str, str]:
-  """`fit`'s loop, from step `start`: `(state, step, status, message)` when it stops.
-
-  It stops at `num_steps` ("completed"), at a rejected step ("diverged"; the
-  state after the last good step, or None if it was donated to the failed call)
-  or at Ctrl-C ("interrupted").
-  """
-  fn, num_steps, steps_per_call = run.fn, run.num_steps, run.steps_per_call
-  step = start
-  rate, t_last, s_last = None, None, step
-  while step < num_steps:
-    k = min(steps_per_call, num_steps - step)
-    batch = (data(step) if steps_per_call == 1
-             else placement.stack_steps([data(s) for s in range(step, step + k)]))
-    if place is not None:
-      batch = place(batch, lead=0 if steps_per_call == 1 else 1)
-    if step == start:
-      step_outcome.check_steps_per_call(fn, train_step, state, batch, steps_per_call, k)
-    new_state, metrics = train_step(state, batch)
-    loss = np.asarray(metrics["loss"])
-    step_outcome.check_loss_shape(fn, loss.shape, steps_per_call, k)
-    loss = loss.reshape(-1)
-    done = step_outcome.steps_accepted(metrics, new_state, loss)
-    run.losses.extend(loss[:done].tolist())
-    if done < k:
-      message = step_outcome.what_diverged(metrics, loss, done, step + done + 1)
-      if "accepted" in metrics:  # The step kept the state after the last good step.
-        return new_state, step + done, "diverged", message
-      if any(x.is_deleted() for x in jax.tree_util.tree_leaves(state)
-             if isinstance(x, jax.Array)):
-        state = None  # Donated to the failed call: the last checkpoint is all there is.
-      return state, step, "diverged", message
-    state, step = new_state, step + k
-    now = time.perf_counter()
-    if t_last is None:  # The first call compiles: time from the second on.
-      t_last, s_last = now, step
-    elif now > t_last and step - s_last >= run.log_every:
-      rate = (step - s_last) / (now - t_last)
-      t_last, s_last = now, step
-    if step % run.log_every < k or step == num_steps:
-      run.log(bar, step, metrics, rate)
-    if run.eval_every and step % run.eval_every < k and step != num_steps:
-      run.evaluate(state)
-    if run.checkpoint_every and step % run.checkpoint_every == 0:
-      run.save(state)
-    if flag["stop"]:
-      return state, step, "interrupted", f"interrupted at step {step}"
-  return state, step, "completed", f"trained {num_steps} steps"
-
-
-def _finish(run: _Run, state: TrainState | None, step: int, start: int, status: str,
-            message: str, template: Any) -> FitResult:
-  """Ends the run: the final evaluation and checkpoint, and the end of the message."""
-  ckpt = run.ckpt
-  if status == "diverged":
-    if state is not None and step != start:
-      run.save(state)  # The last good state, so that `resume` continues from it.
-    elif state is None and ckpt is not None and run.last_saved is not None:
-      state = ckpt.restore(template)
-    kept = ("no checkpoint was written" if ckpt is None or run.last_saved is None else
-            f"the last good checkpoint (step {run.last_saved}) in {ckpt.directory} is kept")
-    returned = ("nothing is returned" if state is None else
-                f"the state after step {int(state.step)} is returned")
-    message += (f"; the step was rejected and training stopped: {returned} and {kept}. Lower "
-                "the learning rate or clip the gradients (optax.clip_by_global_norm; --clip "
-                "on the command line).")
-  else:
-    if status == "completed":
-      run.evaluate(state)
-    run.save(state)
-    if ckpt is not None:
-      message += f"; checkpoint of step {step} in {ckpt.directory}"
-  if ckpt is not None:
-    ckpt.close()
-  return FitResult(state, status, message, run.evals)
+def _check_callbacks(fn: str, callbacks: Any) -> tuple[Callable, ...]:
+  if callable(callbacks) or not hasattr(callbacks, "__iter__"):
+    raise TypeError(f"{fn}: `callbacks` must be a sequence of functions "
+                    f"(step, state, metrics) -> bool | None, got {type(callbacks).__name__}. "
+                    "Pass callbacks=[my_callback].")
+  callbacks = tuple(callbacks)
+  for i, callback in enumerate(callbacks):
+    checks.function(fn, f"callbacks[{i}]", callback)
+  return callbacks
