@@ -40,7 +40,7 @@ from rnnjax import cli, tasks
 TASKS = ("adding", "co2")
 CELLS = ("lstm", "mingru", "minlstm", "lru", "rglru")
 REFERENCE = "lstm"
-METRIC_NAMES = {"test_mse": "test MSE", "test_rmse": "test RMSE (ppm)"}
+METRIC_NAMES = {"mse": "test MSE", "rmse": "test RMSE (ppm)"}
 
 
 def _steps_overrides(values: list[str] | None) -> dict[str | None, int]:
@@ -98,7 +98,7 @@ def train(task: str, cell: str, hidden: int, config: dict, out: pathlib.Path,
   args = ["train", "--task", task, "--cell", cell, "--hidden", str(hidden),
           "--steps", str(config["steps"]), "--batch-size", str(config["batch_size"]),
           "--lr", str(config["lr"]), "--seed", str(config["seed"]), "--out", str(out),
-          "--overwrite", "--no-plots", "--quiet", "--eval-every", "0"]
+          "--overwrite", "--no-plots", "--quiet"]
   if task == "adding":
     args += ["--length", str(length)]
   command = [sys.executable, "-m", "rnnjax.cli", *args]
@@ -114,10 +114,13 @@ def train(task: str, cell: str, hidden: int, config: dict, out: pathlib.Path,
   if proc.returncode == 0 and summary_path.exists():
     summary = json.loads(summary_path.read_text())
     metric = summary["metric"]
-    row.update(status="ok", metric=metric, value=summary[metric], baseline=summary["baseline"],
-               baseline_name=summary["baseline_name"], steps=summary["steps"],
-               wall_s=summary["wall_s"], num_params=summary["num_params"],
-               metrics=summary["metrics"], backend=summary["backend"], jax=summary["jax"])
+    # The reported model is the one rnnjax train picked by the validation metric.
+    best = summary["best"]
+    row.update(status="ok", metric=metric, value=best["test"][metric],
+               baseline=summary["baselines"]["test"], baseline_name=summary["baseline_name"],
+               steps=summary["steps"], best_step=best["step"], wall_s=summary["wall_s"],
+               num_params=summary["num_params"], metrics=best["test"],
+               backend=summary["backend"], jax=summary["jax"])
   else:
     status = {3: "diverged", 130: "interrupted"}.get(proc.returncode, "failed")
     row.update(status=status, steps=config["steps"], backend="?",

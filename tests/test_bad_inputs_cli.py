@@ -96,6 +96,16 @@ def _task(*args):
   return lambda root, run: ["train", "--quiet", "--out", str(root / "out"), *args]
 
 
+def _config(data):
+  """`train --config FILE` with FILE holding `data` (JSON, text or bytes; None: no file)."""
+  def build(root, run):
+    path = root / "nope.json"
+    if data is not None:
+      _write(path, data if isinstance(data, (str, bytes)) else json.dumps(data))
+    return ["train", "--config", str(path), "--out", str(root / "out")]
+  return build
+
+
 def _text_file(name, data):
   return lambda root, run: ["train", "--task", "text", "--text", str(_write(root / name, data)),
                             "--out", str(root / "out")]
@@ -145,6 +155,29 @@ CASES = [
      ["--length", "--task adding", "--task co2"]),
     ("delay-without-copy", _train("--delay", "5"), ["--delay", "--task copy"]),
     ("window-without-a-windowed-task", _train("--window", "8"), ["--window", "--task adding"]),
+    # Optimizers, early stopping.
+    ("optimizer-unknown", _train("--optimizer", "rmsprop"), ["--optimizer", "'rmsprop'", "adamw"]),
+    ("weight-decay-negative", _train("--optimizer", "adamw", "--weight-decay", "-0.1"),
+     ["--weight-decay", ">= 0", "-0.1"]),
+    ("weight-decay-nan", _train("--optimizer", "sgd", "--weight-decay", "nan"),
+     ["--weight-decay", "finite", "nan"]),
+    ("weight-decay-with-adam", _train("--weight-decay", "0.01"),
+     ["--weight-decay 0.01", "--optimizer adamw", "sgd"]),
+    ("patience-zero", _train("--eval-every", "2", "--patience", "0"),
+     ["--patience", "must be positive"]),
+    ("patience-without-evaluations", _train("--patience", "3"),
+     ["--patience 3", "--eval-every > 0"]),
+    # --config FILE.
+    ("config-missing", _config(None), ["--config", "nope.json", "cannot be read"]),
+    ("config-garbled", _config(b"{\xff"), ["--config", "cannot be read"]),
+    ("config-not-an-object", _config("[1, 2]"), ["--config", "holds a list"]),
+    ("config-unknown-key", _config({"task": "adding", "hiden": 8}),
+     ["--config", "'hiden' is no option of rnnjax train"]),
+    ("config-bad-value", _config({"task": "adding", "hidden": -3}),
+     ["--config", "--hidden", "must be positive", "-3"]),
+    ("config-bad-choice", _config({"cell": "nope"}), ["--config", "--cell", "'nope'"]),
+    ("config-bad-switch", _config({"quiet": "yes"}), ["--config", "quiet", "true or false"]),
+    ("config-null-seed", _config({"seed": None}), ["--config", "seed", "null"]),
     # Text files.
     ("text-missing", lambda root, run: ["train", "--task", "text", "--text",
                                         str(root / "nope.txt"), "--out", str(root / "out")],
@@ -156,7 +189,7 @@ CASES = [
     ("text-latin-1", _text_file("latin.txt", "café au lait, " .encode("latin-1") * 50),
      ["--text", "not UTF-8", "iconv"]),
     ("text-too-short", _text_file("short.txt", "x" * 100),
-     ["100 characters", "--window 128", "258"]),
+     ["100 characters", "--window 128", "387"]),
     # Bad --out.
     ("out-is-a-file", lambda root, run: ["train", *TINY, "--out", str(_write(root / "f", "mine"))],
      ["--out", "is a file"]),

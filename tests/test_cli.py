@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -222,8 +223,8 @@ def _records(out: pathlib.Path) -> list[dict]:
 
 def _losses(out: pathlib.Path) -> list[dict]:
   """The training records of metrics.jsonl without the timing, which differs between runs."""
-  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in _records(out)
-          if "loss" in r]
+  return [{k: v for k, v in r.items() if k != "train/steps_per_s"} for r in _records(out)
+          if "train/loss" in r]
 
 
 def _progress_steps(stderr: str) -> list[int]:
@@ -329,19 +330,19 @@ def test_a_completed_run_writes_metrics_summary_config_checkpoints_and_plots(ref
   every_50 = list(range(50, LONG_STEPS + 1, 50))
   train = _losses(out)
   assert [r["step"] for r in train] == every_50
-  assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in train)
-  evals = [r for r in _records(out) if "eval" in r]
+  assert all(np.isfinite(r["train/loss"]) and np.isfinite(r["train/grad_norm"]) for r in train)
+  evals = [r for r in _records(out) if "val/mse" in r]
   assert [r["step"] for r in evals] == every_50
-  assert all(r["eval"]["step"] == r["step"] and "test_mse" in r["eval"] for r in evals)
+  assert not any(k.startswith("test") for r in _records(out) for k in r)  # test stays unseen
 
   summary = json.loads((out / "summary.json").read_text())
-  assert summary["metric"] == "test_mse"
-  value, baseline = summary["test_mse"], summary["baseline"]
-  assert value == evals[-1]["eval"]["test_mse"]
+  assert summary["metric"] == "mse" and summary["status"] == "completed"
+  value, baseline = summary["best"]["test"]["mse"], summary["baselines"]["test"]
+  assert summary["final"]["step"] == summary["steps"] == LONG_STEPS
+  assert summary["final"]["val"]["mse"] == evals[-1]["val/mse"]
   assert summary["baseline_name"] == "predict 1.0"
   assert baseline == pytest.approx(1 / 6, abs=0.03)
   assert summary["beats_baseline"] is (value < baseline)
-  assert summary["steps"] == LONG_STEPS
 
   config = json.loads((out / "config.json").read_text())
   assert {k: config[k] for k in ("task", "cell", "hidden", "steps", "batch_size", "length",
@@ -356,7 +357,7 @@ def test_a_completed_run_writes_metrics_summary_config_checkpoints_and_plots(ref
 
   _, stdout, _ = reference.wait(120)
   last = stdout.strip().splitlines()[-1]
-  assert "test_mse" in last and f"{value:.4g}" in last
+  assert f"test mse {value:.4g} at step {summary['best']['step']}" in last
   assert "predict 1.0 baseline" in last and f"{baseline:.4g}" in last
 
 
@@ -372,10 +373,12 @@ def test_the_default_job_beats_its_baseline(default_job):
   # A forecasting run also plots its forecast.
   assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
   assert (out / "forecast.png").read_bytes().startswith(b"\x89PNG")
+  best = summary["best"]
   assert summary["beats_baseline"] is True, (
-      f"test_rmse {summary['test_rmse']:.4g} vs {summary['baseline_name']} baseline "
-      f"{summary['baseline']:.4g}")
-  assert "beats the baseline" in stdout.strip().splitlines()[-1]
+      f"test rmse {best['test']['rmse']:.4g} at step {best['step']} vs "
+      f"{summary['baseline_name']} baseline {summary['baselines']['test']:.4g}")
+  last = stdout.strip().splitlines()[-1]
+  assert "beats the baseline" in last and f"at step {best['step']}" in last and "ppm" in last
 
 
 def test_no_subcommand_means_train(tmp_path, monkeypatch):
@@ -430,8 +433,8 @@ def test_a_linear_cell_trains_on_co2_end_to_end(tmp_path):
   summary = json.loads((out / "summary.json").read_text())
   assert summary["cell"] == "mingru" and summary["steps"] == 20
   assert summary["engine"] == "parallel" and "parallel engine" in stdout
-  assert np.isfinite(summary["test_rmse"])
-  assert "test_rmse" in stdout
+  assert np.isfinite(summary["best"]["test"]["rmse"])
+  assert "test rmse" in stdout
 
 
 # --- bad input, refused before any compute -------------------------------------------------
@@ -477,8 +480,8 @@ def test_bad_values_are_refused_before_any_compute(case, tmp_path, no_compute):
     args, expected = ["--task", "text", "--text", str(path)], [str(path), "empty"]
   elif case == "short":
     path = _text_file(tmp_path, "x" * 100)
-    # The default window is 128: 129 characters to train on and as many held out.
-    args, expected = ["--task", "text", "--text", str(path)], ["100 characters", "258"]
+    # The default window is 128: 129 characters to train on and as many for val and for test.
+    args, expected = ["--task", "text", "--text", str(path)], ["100 characters", "387"]
   else:
     path = _text_file(tmp_path, TEXT)
     args, expected = [*SMALL, "--text", str(path)], ["--text", "--task text"]
@@ -771,3 +774,236 @@ def test_python_m_rnnjax_is_the_rnnjax_command(args, code, stdout, stderr, tmp_p
   assert proc.stderr.startswith(stderr), proc.stderr
   assert "Traceback" not in proc.stderr
   assert list(tmp_path.iterdir()) == []  # Nothing written, not even runs/.
+
+
+def test_help_shows_every_default_and_every_option_has_help():
+  parser = cli.build_parser()
+  commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+  assert set(commands.choices) == {"train", "sample", "bench"}
+  for name, command in commands.choices.items():
+    shown = " ".join(command.format_help().split())  # As wrapped for any terminal width.
+    for action in command._actions:
+      if not action.option_strings or action.dest == "help":
+        continue
+      where = f"rnnjax {name} {action.option_strings[0]}"
+      assert action.help and len(action.help) > 5, where
+      if action.nargs == 0:  # A switch (--resume): off unless given.
+        assert action.default is False, where
+      elif action.default is None:  # Its help says what happens without it.
+        assert action.required or "default" in action.help, where
+      else:
+        assert f"(default: {action.default})" in shown, where
+
+
+# --- validation: the model reported is the one picked on the validation split ---------------
+
+# Sunspots with a large learning rate: the validation RMSE is lowest after about 160 steps and
+# rises after; --patience 3 stops the run three evaluations after the best one.
+OVERFIT = ["train", "--task", "sunspots", "--hidden", "32", "--lr", "0.01", "--steps", "400",
+           "--eval-every", "20", "--patience", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def overfit_run(tmp_path_factory) -> tuple[pathlib.Path, str]:
+  """A run of `OVERFIT` (its directory and stdout)."""
+  out = tmp_path_factory.mktemp("overfit") / "run"
+  with jax.numpy_dtype_promotion("standard"):
+    code, stdout, stderr = _main([*OVERFIT, "--out", str(out)])
+  assert code == 0, stderr
+  return out, stdout
+
+
+def test_the_best_checkpoint_by_validation_is_reported_and_scored_on_test(overfit_run):
+  out, stdout = overfit_run
+  summary = json.loads((out / "summary.json").read_text())
+  assert {"best", "final", "baselines", "metric", "units", "beats_baseline"} <= set(summary)
+  assert summary["metric"] == "rmse" and summary["units"]
+  # The best step is the minimum of the validation RMSE over the evaluations in metrics.jsonl.
+  evals = [(r["step"], r["val/rmse"]) for r in _records(out) if "val/rmse" in r]
+  assert [s for s, _ in evals] == list(range(20, evals[-1][0] + 1, 20))
+  best_step, best_val = min(evals, key=lambda e: e[1])
+  assert summary["best"]["step"] == best_step and summary["best"]["val"]["rmse"] == best_val
+  # It overfits, and --patience 3 stopped it three evaluations after the best one.
+  assert summary["status"] == "early_stopped"
+  assert [s for s, _ in evals if s > best_step] == [best_step + 20 * k for k in (1, 2, 3)]
+  assert summary["final"]["step"] == evals[-1][0] == best_step + 60 < 400
+  assert summary["final"]["val"]["rmse"] == evals[-1][1] > best_val
+  # The test RMSE reported is the best checkpoint's: score load_run's params again here.
+  run = rnnjax.load_run(out)
+  assert run.step == best_step
+  test = run.task.evaluate(lambda xs: run.model.apply(run.params, xs)[0], "test")[0]["rmse"]
+  assert summary["best"]["test"]["rmse"] == pytest.approx(test, rel=1e-6)
+  assert summary["final"]["test"]["rmse"] != pytest.approx(test, rel=1e-3)
+  baselines = {s: pytest.approx(v, rel=1e-12) for s, v in run.task.baselines.items()}
+  assert summary["baselines"] == baselines
+  assert summary["beats_baseline"] is (test < run.task.baselines["test"])
+  last = stdout.strip().splitlines()[-1]
+  units = summary["units"]
+  assert f"test rmse {test:.4g} {units} at step {best_step}" in last
+  assert f"{run.task.baseline_name} baseline {run.task.baselines['test']:.4g} {units}" in last
+  for name in ("loss.png", "forecast.png"):
+    assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_load_run_returns_the_trained_params(reference, tmp_path):
+  out = reference.result()
+  config = json.loads((out / "config.json").read_text())
+  newest = rnnjax.load_run(out, which="newest")
+  assert isinstance(newest, rnnjax.Run) and newest.config == config
+  assert newest.step == LONG_STEPS and newest.task.name == "adding"
+  _assert_trees_equal(newest.params, _final_state(out).params)  # the checkpoint's, exactly
+  # The best one: the checkpoint in out/best, read here as a plain checkpoint.
+  best = rnnjax.load_run(str(out))
+  assert best.step == json.loads((out / "summary.json").read_text())["best"]["step"]
+  ckpt = rnnjax.Checkpointer(out / "best")
+  try:
+    kept = ckpt.restore(_template(json.dumps(
+        {k: v for k, v in config.items() if k not in cli.RUN_ONLY - {"steps"}}, sort_keys=True)))
+  finally:
+    ckpt.close()
+  assert int(kept.step) == best.step
+  _assert_trees_equal(best.params, kept.params)
+  preds, _ = best.model.apply(best.params, jnp.zeros((20, 3, 2)))
+  assert preds.shape == (20, 3, 1)
+  with pytest.raises(ValueError, match="`which` must be 'best' or 'newest', got 'last'"):
+    rnnjax.load_run(out, which="last")
+  with pytest.raises(FileNotFoundError, match="holds no run of rnnjax train"):
+    rnnjax.load_run(tmp_path)
+
+
+# --- config.json: what it records, and --config to replay a run ------------------------------
+
+
+def test_config_records_the_versions_and_the_git_commit(tiny_reference):
+  config = json.loads((tiny_reference / "config.json").read_text())
+  from importlib import metadata
+
+  assert config["versions"] == {
+      "rnnjax": rnnjax.__version__, "jax": metadata.version("jax"),
+      "jaxlib": metadata.version("jaxlib"), "flax": metadata.version("flax"),
+      "optax": metadata.version("optax"), "python": ".".join(map(str, sys.version_info[:3]))}
+  git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                       text=True, check=False)
+  expected = git.stdout.strip() if git.returncode == 0 else None
+  assert config["git_commit"] == expected
+
+
+def test_config_replays_a_run_bit_for_bit_and_flags_override_it(tmp_path, tiny_reference):
+  replay = tmp_path / "replay"
+  code, _, stderr = _main(["train", "--config", str(tiny_reference / "config.json"), "--out",
+                           str(replay)])
+  assert code == 0, stderr
+  _assert_trees_equal(_final_state(replay), _final_state(tiny_reference))
+  assert _losses(replay) == _losses(tiny_reference)
+  assert [r for r in _records(replay) if "train/loss" not in r] == [
+      r for r in _records(tiny_reference) if "train/loss" not in r]
+  original = json.loads((tiny_reference / "config.json").read_text())
+  replayed = json.loads((replay / "config.json").read_text())
+  assert replayed == {**original, "out": str(replay),
+                      "config": str(tiny_reference / "config.json")}
+  summary = json.loads((replay / "summary.json").read_text())
+  expected = json.loads((tiny_reference / "summary.json").read_text())
+  assert summary == {**expected, "wall_s": summary["wall_s"], "config": summary["config"]}
+
+  # A flag given on the command line overrides the file; the rest comes from it.
+  longer = tmp_path / "longer"
+  code, _, stderr = _main(["train", "--config", str(replay / "config.json"), "--steps", "8",
+                           "--out", str(longer)])
+  assert code == 0, stderr
+  config = json.loads((longer / "config.json").read_text())
+  assert config["steps"] == 8 and _steps(longer)[-1] == 8
+  assert {k: v for k, v in config.items() if k not in ("steps", "out", "config")} == {
+      k: v for k, v in original.items() if k not in ("steps", "out", "config")}
+  # Without --out, the replay would go to the run's own --out, which is refused.
+  code, _, stderr = _main(["train", "--config", str(replay / "config.json")])
+  assert code == 2 and "already holds a run of this configuration" in stderr
+
+
+def test_a_run_from_before_the_optimizer_flags_resumes(tmp_path, tiny_reference):
+  run = tmp_path / "run"
+  shutil.copytree(tiny_reference, run)
+  config = json.loads((run / "config.json").read_text())
+  for key in ("optimizer", "weight_decay", "patience", "tensorboard", "config", "versions",
+              "git_commit"):
+    del config[key]
+  (run / "config.json").write_text(json.dumps(config))
+  code, _, stderr = _main([*TINY, "--steps", "8", "--out", str(run), "--resume"])
+  assert code == 0, stderr
+  assert "resuming with" not in stderr and _steps(run)[-1] == 8
+
+
+# --- optimizers and metric writers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_weight_decay_of_adamw_and_sgd_follows_a_numpy_reference(name):
+  lr, decay, steps = 0.1, 0.05, 100
+  config = {"lr": lr, "steps": steps, "clip": 1e9, "optimizer": name, "weight_decay": decay}
+  opt = cli.make_optimizer(config)
+  params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+  state = opt.init(params)
+  grads = [np.asarray(g, np.float32) for g in ([0.3, -0.1, 2.0], [0.2, 0.4, -1.0],
+                                                [-0.5, 0.1, 0.3], [0.1, 0.1, 0.1])]
+  p, m, v = np.asarray([1.0, -2.0, 0.5]), np.zeros(3), np.zeros(3)
+  warmup = min(100, steps // 10 + 1)
+  for t, g in enumerate(grads):
+    rate = lr * t / warmup  # the warm-up, from 0
+    if name == "sgd":  # an L2 penalty: its gradient is added to the loss's
+      step = g + decay * p
+    else:  # Adam's step, plus the decay of the weights (decoupled), both times the rate
+      m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g.astype(np.float64) ** 2
+      m_hat, v_hat = m / (1 - 0.9 ** (t + 1)), v / (1 - 0.999 ** (t + 1))
+      step = m_hat / (np.sqrt(v_hat) + 1e-8) + decay * p
+    p = p - rate * step
+    updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
+    params = {"w": params["w"] + updates["w"]}
+  np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="adam takes no weight decay"):
+    cli.make_optimizer({**config, "optimizer": "adam"})
+
+
+def test_tensorboard_gets_the_records_of_metrics_jsonl_and_the_hparams(tmp_path, monkeypatch):
+  made = []
+
+  class Recorder:  # What the CLI passes to rnnjax.TensorBoardWriter, and what it receives.
+    def __init__(self, logdir):
+      self.logdir, self.scalars, self.hparams, self.closed = logdir, [], [], False
+      made.append(self)
+
+    def write_scalars(self, step, scalars):
+      self.scalars.append({"step": step, **scalars})
+
+    def write_hparams(self, hparams):
+      self.hparams.append(dict(hparams))
+
+    def flush(self):
+      pass
+
+    def close(self):
+      self.closed = True
+
+  monkeypatch.setattr(rnnjax, "TensorBoardWriter", Recorder)
+  # The CLI checks that tensorboardX imports; this test needs it not.
+  monkeypatch.setitem(sys.modules, "tensorboardX", types.ModuleType("tensorboardX"))
+  out, logdir = tmp_path / "run", str(tmp_path / "tb")
+  code, _, stderr = _main([*TINY, "--eval-every", "2", "--tensorboard", logdir, "--out",
+                           str(out)])
+  assert code == 0, stderr
+  (writer,) = made
+  assert writer.logdir == logdir and writer.closed
+  assert writer.scalars == _records(out)
+  assert [r["step"] for r in writer.scalars if "val/mse" in r] == [2, 4, 6]
+  (hparams,) = writer.hparams
+  assert {k: hparams[k] for k in ("task", "cell", "hidden", "optimizer")} == {
+      "task": "adding", "cell": "lstm", "hidden": 4, "optimizer": "adam"}
+  assert "out" not in hparams and "versions" not in hparams
+
+
+def test_tensorboard_without_tensorboardx_is_one_line(tmp_path, monkeypatch, no_compute):
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` then fails.
+  code, _, stderr = _main([*TINY, "--tensorboard", str(tmp_path / "tb"), "--out",
+                           str(tmp_path / "run")])
+  assert code == 2
+  assert stderr == ("rnnjax train: error: --tensorboard needs tensorboardX, which is not "
+                    "installed; install it with pip install 'rnnjax[tensorboard]'\n")
+  assert not (tmp_path / "run").exists()

@@ -3,7 +3,8 @@
 Every number is checked against an independent computation: the CSV files are parsed
 here with the `csv` module, baselines are recomputed in NumPy from the raw values, and
 `evaluate` is fed "oracle" predictions built in the test (which must score ~0) and the
-baselines' own predictions (which must score exactly the baseline).
+baselines' own predictions (which must score exactly the baseline), on both held-out splits
+("val" and "test"); the splits are checked to be disjoint and never read by a training batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import functools
 import math
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -140,8 +142,41 @@ def test_bad_batch_size(task, batch_size, error):
     task.train_batch(KEY, batch_size)
 
 
+METRICS = {"co2": "rmse", "sunspots": "rmse", "adding": "mse", "copy": "cross_entropy",
+           "text": "bits_per_char"}
+UNITS = {"co2": ("ppm", "squared normalised units"),
+         "sunspots": ("sunspot number", "squared normalised units"),
+         "adding": ("", ""), "copy": ("nats", "nats"), "text": ("bits per character", "nats")}
+
+
+def test_split_neutral_metric_baselines_and_units(task):
+  assert task.metric == METRICS[task.name]
+  assert (task.units, task.loss_units) == UNITS[task.name]
+  assert set(task.baselines) == set(tasks.SPLITS) == {"val", "test"}
+  assert tasks.SPLITS == ("val", "test")
+  assert all(isinstance(v, float) and v > 0 for v in task.baselines.values())
+  assert task.baseline == task.baselines["test"]  # the old name, read-only
+  with pytest.raises(AttributeError):
+    task.baseline = 1.0
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "TEST", None, 0])
+def test_evaluate_rejects_a_bad_split(task, split):
+  def predict(xs):
+    raise AssertionError("predict must not be called")
+
+  with pytest.raises(ValueError, match=r"`split` must be 'val'.*'test', got split=" +
+                     re.escape(repr(split))):
+    task.evaluate(predict, split)
+  with pytest.raises(ValueError, match="`split`"):
+    task.evaluate(predict=predict, split=split)
+  with pytest.raises(TypeError):
+    task.evaluate(predict)  # the split is required
+
+
 # ---- forecasting ----
 
+# (file, n_test, window, season); the validation range is as long as the test range.
 FORECASTS = {"co2": ("co2.csv", 48, 48, 12), "sunspots": ("sunspots.csv", 30, 40, 11)}
 # (task, differences): the defaults are co2 on monthly changes and sunspots on levels.
 MODES = pytest.mark.parametrize("name, differences", [
@@ -150,6 +185,13 @@ MODES = pytest.mark.parametrize("name, differences", [
 
 def raw_values(name: str) -> np.ndarray:
   return read_csv(FORECASTS[name][0])[2][:, -1]
+
+
+def forecast_ranges(name: str) -> dict[str, tuple[int, int]]:
+  """[start, end) of each split, from the file's length and n_test (= n_val)."""
+  n, n_test = len(raw_values(name)), FORECASTS[name][1]
+  return {"train": (0, n - 2 * n_test), "val": (n - 2 * n_test, n - n_test),
+          "test": (n - n_test, n)}
 
 
 @functools.cache
@@ -163,29 +205,43 @@ def rmse(a, b):
   return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
+def window_starts(seqs: np.ndarray, signal: np.ndarray) -> np.ndarray:
+  """Where each row of `seqs` starts in `signal` (-1 where it is no window of it)."""
+  starts = []
+  for seq in seqs:
+    cands = np.flatnonzero(np.abs(signal[:len(signal) - len(seq) + 1] - seq[0]) < 1e-5)
+    found = [c for c in cands if np.all(np.abs(signal[c:c + len(seq)] - seq) < 1e-5)]
+    starts.append(found[0] if found else -1)
+  return np.array(starts)
+
+
 def test_forecast_defaults():
   assert build("co2").info["differences"] and not build("sunspots").info["differences"]
 
 
 @MODES
-def test_forecast_split_and_normalisation(name, differences):
+def test_forecast_splits_and_normalisation(name, differences):
   task = forecast_task(name, differences)
   _, n_test, window, _ = FORECASTS[name]
   v = raw_values(name)
-  n_train = len(v) - n_test
-  assert (task.info["n_train"], task.info["n_test"]) == (n_train, n_test)
-  # The model's signal, and its part known before the first held-out value.
+  ranges = forecast_ranges(name)
+  n_train = ranges["train"][1]
+  assert (task.info["n_train"], task.info["n_val"], task.info["n_test"]) == (
+      n_train, n_test, n_test)
+  assert {k: tuple(r) for k, r in task.info["splits"].items()} == ranges
+  # The model's signal, and its part known before the first validation value.
   signal, known = (np.diff(v), n_train - 1) if differences else (v, n_train)
   np.testing.assert_allclose(task.info["mean"], signal[:known].mean())
   np.testing.assert_allclose(task.info["std"], signal[:known].std())
   z = (signal - signal[:known].mean()) / signal[:known].std()
-  batch = task.train_batch(KEY, B)
+  batch = task.train_batch(KEY, 2048)
   seqs = np.concatenate([batch["xs"][:1, :, 0], batch["ys"][:, :, 0]]).T  # [B, window + 1]
-  assert seqs.shape == (B, window + 1)
+  assert seqs.shape == (2048, window + 1)
   np.testing.assert_array_equal(batch["mask"], 1.0)
-  windows = np.lib.stride_tricks.sliding_window_view(z[:known], window + 1)
-  for seq in seqs:  # each is a window of the normalised training signal
-    assert np.any(np.all(np.abs(windows - seq) < 1e-5, axis=1))
+  # Each is a window of the whole normalised signal that ends before the validation range,
+  # and the last such window is drawn too.
+  starts = window_starts(seqs, z)
+  assert starts.min() >= 0 and starts.max() == known - (window + 1)
 
 
 def test_forecast_warmup_mask():
@@ -196,51 +252,65 @@ def test_forecast_warmup_mask():
 @pytest.mark.parametrize("name", sorted(FORECASTS))
 def test_forecast_baselines(name):
   task = build(name)
-  _, n_test, _, season = FORECASTS[name]
+  _, _, _, season = FORECASTS[name]
   v = raw_values(name)
-  truth = v[-n_test:]
-  persistence = rmse(v[-n_test - 1:-1], truth)
-  seasonal = rmse(v[-n_test - season:-season], truth)
-  assert task.baseline == pytest.approx(min(persistence, seasonal), rel=1e-12)
-  assert task.baseline_name == ("persistence" if persistence <= seasonal
-                                else f"seasonal naive ({season})")
-  assert task.metric == "test_rmse"
-  assert forecast_task(name, True).baseline == task.baseline  # the same held-out values
+  naive = {}
+  for split in ("val", "test"):
+    a, b = forecast_ranges(name)[split]
+    naive[split] = {"persistence": rmse(v[a - 1:b - 1], v[a:b]),
+                    f"seasonal naive ({season})": rmse(v[a - season:b - season], v[a:b])}
+  chosen = min(naive["val"], key=naive["val"].get)  # chosen on validation
+  assert task.baseline_name == chosen == "persistence"
+  for split in ("val", "test"):
+    assert task.info["naive_rmse"][split] == pytest.approx(naive[split], rel=1e-12)
+    assert task.baselines[split] == pytest.approx(naive[split][chosen], rel=1e-12)
+  # The test numbers are those of the task before it had a validation split.
+  assert task.baseline == pytest.approx({"co2": 1.2149194, "sunspots": 30.826471}[name])
+  assert forecast_task(name, True).baselines == task.baselines  # the same held-out values
 
 
 @MODES
-def test_forecast_evaluate(name, differences):
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_forecast_evaluate(name, differences, split):
   task = forecast_task(name, differences)
-  _, n_test, _, _ = FORECASTS[name]
   v = raw_values(name)
-  n, first = len(v), 1 + differences  # the first value with a forecast
+  start, end = forecast_ranges(name)[split]
+  first = 1 + differences  # the first value with a forecast
+  signal = np.diff(v) if differences else v
+  z = (signal - task.info["mean"]) / task.info["std"]
   seen = []
 
   def oracle(xs):  # the true next entry of the signal, in normalised units, at every step
     seen.append(xs)
     return jnp.concatenate([xs[1:], xs[-1:]])
 
-  metrics, details = task.evaluate(oracle)
-  assert seen[0].shape == (n - differences, 1, 1) and seen[0].dtype == jnp.float32
-  assert metrics["test_rmse"] < 1e-3 and metrics["train_rmse"] < 1e-3
-  assert details["test_start"] == n - n_test
-  np.testing.assert_array_equal(details["truth"], v)
-  assert details["time"].shape == details["forecast"].shape == (n,)
+  metrics, details = task.evaluate(oracle, split=split)
+  # `predict` sees the signal known before the end of the split, nothing after it.
+  assert seen[0].shape == (end - differences, 1, 1) and seen[0].dtype == jnp.float32
+  np.testing.assert_allclose(seen[0][:, 0, 0], z[:end - differences], rtol=1e-6, atol=1e-6)
+  assert set(metrics) == {"rmse"} and metrics["rmse"] < 1e-3
+  assert (details["start"], details["end"]) == (start, end)
+  assert details["units"] == task.units == task.info["units"]
+  np.testing.assert_array_equal(details["truth"], v[:end])
+  assert details["time"].shape == details["forecast"].shape == (end,)
   assert np.all(np.isnan(details["forecast"][:first]))
+  # The baseline's forecast (persistence): the previous value.
+  assert details["baseline_forecast"].shape == (end,)
+  np.testing.assert_array_equal(details["baseline_forecast"][1:], v[:end - 1])
+  assert rmse(details["baseline_forecast"][start:end], v[start:end]) == pytest.approx(
+      task.baselines[split], rel=1e-12)
 
   # Persistence: the same value (levels), or no change (differences).
   no_change = -task.info["mean"] / task.info["std"]
   persist = (lambda xs: jnp.full_like(xs, no_change)) if differences else (lambda xs: xs)
-  metrics, details = task.evaluate(persist)
-  assert metrics["test_rmse"] == pytest.approx(rmse(v[-n_test - 1:-1], v[-n_test:]), rel=1e-5)
-  assert metrics["train_rmse"] == pytest.approx(
-      rmse(v[first - 1:-n_test - 1], v[first:-n_test]), rel=1e-5)
-  if task.baseline_name == "persistence":
-    assert metrics["test_rmse"] == pytest.approx(task.baseline, rel=1e-5)
-  np.testing.assert_allclose(details["forecast"][first:], v[first - 1:-1], rtol=1e-6, atol=1e-4)
+  metrics, details = task.evaluate(persist, split)
+  assert metrics["rmse"] == pytest.approx(rmse(v[start - 1:end - 1], v[start:end]), rel=1e-5)
+  assert metrics["rmse"] == pytest.approx(task.baselines[split], rel=1e-5)
+  np.testing.assert_allclose(details["forecast"][first:], v[first - 1:end - 1], rtol=1e-6,
+                             atol=1e-4)
 
   with pytest.raises(ValueError, match=r"predict.*shape \(.*expected"):
-    task.evaluate(lambda xs: xs[:, :, 0])
+    task.evaluate(lambda xs: xs[:, :, 0], split)
 
 
 # ---- adding problem ----
@@ -260,7 +330,7 @@ def test_adding_batches():
 
 
 def test_adding_evaluate_and_baseline():
-  task = tasks.adding_task()  # the default: length 100, 2048 held-out sequences
+  task = tasks.adding_task()  # the default: length 100, 2048 held-out sequences per split
   seen = []
 
   def oracle(xs):
@@ -268,19 +338,30 @@ def test_adding_evaluate_and_baseline():
     total = jnp.sum(xs[..., 0] * xs[..., 1], axis=0)
     return jnp.broadcast_to(total[None, :, None], (*xs.shape[:2], 1))
 
-  metrics, details = task.evaluate(oracle)
-  assert metrics["test_mse"] < 1e-10 and metrics["test_accuracy"] == 1.0
-  xs = np.concatenate(seen, axis=1)
-  assert xs.shape == (100, 2048, 2)
-  target = np.sum(xs[..., 0].astype(np.float64) * xs[..., 1], axis=0)
-  np.testing.assert_allclose(details["truth"], target, rtol=1e-6)
-  baseline = np.mean((1.0 - target) ** 2)
-  assert task.baseline == pytest.approx(baseline, rel=1e-6)
-  assert 0.15 < task.baseline < 0.19 and task.baseline_name == "predict 1.0"
-  metrics, _ = task.evaluate(lambda xs: jnp.ones((*xs.shape[:2], 1), jnp.float32))
-  assert metrics["test_mse"] == pytest.approx(baseline, rel=1e-6)
-  again = tasks.adding_task()
-  assert again.baseline == task.baseline  # the held-out set is fixed
+  inputs = {}
+  for split in ("val", "test"):
+    seen.clear()
+    metrics, details = task.evaluate(oracle, split)
+    assert metrics["mse"] < 1e-10 and metrics["accuracy"] == 1.0
+    xs = inputs[split] = np.concatenate(seen, axis=1)
+    assert xs.shape == (100, 2048, 2)
+    target = np.sum(xs[..., 0].astype(np.float64) * xs[..., 1], axis=0)
+    np.testing.assert_allclose(details["truth"], target, rtol=1e-6)
+    baseline = np.mean((1.0 - target) ** 2)
+    assert task.baselines[split] == pytest.approx(baseline, rel=1e-6)
+    assert 0.15 < baseline < 0.19
+    metrics, _ = task.evaluate(lambda xs: jnp.ones((*xs.shape[:2], 1), jnp.float32), split)
+    assert metrics["mse"] == pytest.approx(baseline, rel=1e-6)
+  assert task.baseline_name == "predict 1.0"
+  # The test set is the one drawn from key(eval_seed), as before validation existed.
+  assert task.baseline == pytest.approx(0.17450, abs=5e-5)
+  # Two different sets of sequences: no validation sequence is a test sequence.
+  val, test = (inputs[s][..., 0].T for s in ("val", "test"))
+  assert not np.isin(val[:, 0], test[:, 0]).any()
+  assert tasks.adding_task().baselines == task.baselines  # both sets are fixed
+  other = tasks.adding_task(val_seed=7)
+  assert other.baselines["test"] == task.baselines["test"]
+  assert other.baselines["val"] != task.baselines["val"]
 
 
 # ---- copy task ----
@@ -306,24 +387,30 @@ def test_copy_batches():
 def test_copy_evaluate_and_baseline():
   task = build("copy")
   k = CONFIGS["copy"]["n_copy"]
-  assert task.baseline == pytest.approx(math.log(8)) and task.metric == "test_xent"
+  assert task.baselines == pytest.approx({"val": math.log(8), "test": math.log(8)})
+  assert task.metric == "cross_entropy"
 
   def oracle(xs):
     out = jnp.concatenate([jnp.full_like(xs[:-k], 8), xs[:k]])
     return 50.0 * jax.nn.one_hot(out, 10, dtype=jnp.float32)
 
-  metrics, details = task.evaluate(oracle)
-  assert metrics["test_xent"] < 1e-6 and metrics["test_error"] == 0.0
-  assert details["truth"].shape == (256, k)
-
   def memoryless(xs):  # uniform over the 8 symbols, never blank or delimiter
     row = jnp.array([0.0] * 8 + [-1e9, -1e9], jnp.float32)
     return jnp.broadcast_to(row, (*xs.shape, 10))
 
-  metrics, _ = task.evaluate(memoryless)
-  assert metrics["test_xent"] == pytest.approx(task.baseline, rel=1e-6)
-  metrics, _ = task.evaluate(lambda xs: jnp.zeros((*xs.shape, 10), jnp.float32))
-  assert metrics["test_xent"] == pytest.approx(math.log(10), rel=1e-6)
+  truths = {}
+  for split in ("val", "test"):
+    metrics, details = task.evaluate(oracle, split)
+    assert metrics["cross_entropy"] < 1e-6 and metrics["error"] == 0.0
+    assert details["truth"].shape == (256, k)
+    truths[split] = details["truth"]
+    metrics, _ = task.evaluate(memoryless, split)
+    assert metrics["cross_entropy"] == pytest.approx(task.baselines[split], rel=1e-6)
+    metrics, _ = task.evaluate(lambda xs: jnp.zeros((*xs.shape, 10), jnp.float32), split)
+    assert metrics["cross_entropy"] == pytest.approx(math.log(10), rel=1e-6)
+  assert not np.array_equal(truths["val"], truths["test"])
+  with pytest.raises(ValueError, match=r"`val_seed` \(=5\) must differ from `eval_seed`"):
+    tasks.copy_task(delay=4, eval_seed=5, val_seed=5)
 
 
 # ---- text ----
@@ -335,7 +422,7 @@ def test_text_vocabulary_and_batches(text_path):
   ids = tasks.encode(TEXT, vocab)
   assert ids.dtype == np.int32 and tasks.decode(ids, vocab) == TEXT
   n_train = task.info["n_train"]
-  assert n_train == len(TEXT) - max(17, math.ceil(0.05 * len(TEXT)))
+  assert n_train == len(TEXT) - 2 * max(17, math.ceil(0.05 * len(TEXT)))
   batch = task.train_batch(KEY, B)
   np.testing.assert_array_equal(batch["xs"][1:], batch["ys"][:-1])
   train_text = TEXT[:n_train]
@@ -352,18 +439,50 @@ def test_encode_decode_round_trip(s):
   assert tasks.decode(tasks.encode(s, vocab), vocab) == s
 
 
-def test_text_evaluate_and_baseline(text_path):
+def test_text_splits_are_disjoint_and_never_trained_on(tmp_path):
+  # Training text of "abc", validation text of "v", test text of "w": a training batch that
+  # read a held-out character would hold a "v" or a "w".
+  rng = np.random.default_rng(0)
+  train = "".join(rng.choice(list("abc"), 360))
+  path = tmp_path / "marked.txt"
+  path.write_text(train + "v" * 20 + "w" * 20, encoding="utf-8")
+  task = tasks.text_task(path, window=16)
+  assert task.info["splits"] == {"train": [0, 360], "val": [360, 380], "test": [380, 400]}
+  assert (task.info["n_train"], task.info["n_val"], task.info["n_test"]) == (360, 20, 20)
+  vocab = task.info["vocab"]
+  assert vocab == ["a", "b", "c", "v", "w"]
+  batch = jax.tree_util.tree_map(np.asarray, task.train_batch(KEY, 4096))
+  assert batch["xs"].max() <= 2 and batch["ys"].max() <= 2  # only a, b and c
+  seen = {tasks.decode(batch["ys"][:, b], vocab) for b in range(4096)}
+  assert {train[1:17], train[-16:]} <= seen  # the first and the last window are drawn
+  inputs = []
+  for split, char in (("val", 3), ("test", 4)):
+    inputs.clear()
+    _, details = task.evaluate(
+        lambda xs: inputs.append(np.asarray(xs)) or jnp.zeros((*xs.shape, 5)), split)
+    assert np.all(np.concatenate(inputs) == char) and details["n_chars"] == 16
+    # Unigram fitted on the text before the split, where "v" (val) and "w" (test) are unseen:
+    # add-one smoothing gives them 1 / (characters before + 5).
+    before = {"val": 360, "test": 380}[split]
+    assert task.baselines[split] == pytest.approx(math.log2(before + 5), rel=1e-12)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_text_evaluate_and_baseline(text_path, split):
   task = build("text", text_path)
   vocab, v, w = task.info["vocab"], task.vocab_size, CONFIGS["text"]["window"]
-  n_train = task.info["n_train"]
-  # Independent reference: consecutive held-out windows, scored on their next characters.
-  n_win = (len(TEXT) - n_train - 1) // w
-  targets = "".join(TEXT[n_train + i * w + 1:n_train + (i + 1) * w + 1] for i in range(n_win))
-  counts = np.array([TEXT[:n_train].count(c) for c in vocab], np.float64)
+  n_held = max(w + 1, math.ceil(0.05 * len(TEXT)))  # characters in each held-out slice
+  start = {"val": len(TEXT) - 2 * n_held, "test": len(TEXT) - n_held}[split]
+  assert task.info["splits"][split] == [start, start + n_held]
+  # Independent reference: consecutive windows of the slice, scored on their next characters.
+  n_win = (n_held - 1) // w
+  targets = "".join(TEXT[start + i * w + 1:start + (i + 1) * w + 1] for i in range(n_win))
+  counts = np.array([TEXT[:start].count(c) for c in vocab], np.float64)  # the text before
   p = (counts + 1) / (counts.sum() + v)
   baseline = -np.mean([math.log2(p[vocab.index(c)]) for c in targets])
-  assert task.baseline == pytest.approx(baseline, rel=1e-12)
-  assert task.baseline_name == "unigram" and task.metric == "test_bpc"
+  assert task.baselines[split] == pytest.approx(baseline, rel=1e-12)
+  assert task.baseline_name == "unigram" and task.metric == "bits_per_char"
+  assert task.info["n_eval_chars"][split] == len(targets)
 
   seen = []
 
@@ -371,16 +490,16 @@ def test_text_evaluate_and_baseline(text_path):
     seen.append(np.asarray(xs))
     return jnp.zeros((*xs.shape, v), jnp.float32)
 
-  metrics, details = task.evaluate(uniform)
-  assert metrics["test_bpc"] == pytest.approx(math.log2(v), rel=1e-6)
+  metrics, details = task.evaluate(uniform, split)
+  assert metrics["bits_per_char"] == pytest.approx(math.log2(v), rel=1e-6)
   inputs = np.concatenate(seen, axis=1)
   assert inputs.shape == (w, n_win) and details["n_chars"] == len(targets)
   assert tasks.decode(inputs.T, vocab) == "".join(
-      TEXT[n_train + i * w:n_train + (i + 1) * w] for i in range(n_win))
+      TEXT[start + i * w:start + (i + 1) * w] for i in range(n_win))
   assert details["held_out"][0] == targets[:w]
   logp = jnp.asarray(np.log(p), jnp.float32)
-  metrics, _ = task.evaluate(lambda xs: jnp.broadcast_to(logp, (*xs.shape, v)))
-  assert metrics["test_bpc"] == pytest.approx(baseline, rel=1e-5)
+  metrics, _ = task.evaluate(lambda xs: jnp.broadcast_to(logp, (*xs.shape, v)), split)
+  assert metrics["bits_per_char"] == pytest.approx(baseline, rel=1e-5)
 
 
 def test_text_eval_is_bounded(tmp_path):
@@ -388,8 +507,12 @@ def test_text_eval_is_bounded(tmp_path):
   path.write_text("abcd" * 20_000, encoding="utf-8")
   task = tasks.text_task(path, window=64, eval_chars=1000, eval_batch=4)
   calls = []
-  task.evaluate(lambda xs: calls.append(xs.shape) or jnp.zeros((*xs.shape, 4), jnp.float32))
-  assert calls == [(64, 4)] * 3 and task.info["n_eval_chars"] == 12 * 64
+  for split in ("val", "test"):
+    calls.clear()
+    task.evaluate(lambda xs: calls.append(xs.shape) or jnp.zeros((*xs.shape, 4), jnp.float32),
+                  split)
+    assert calls == [(64, 4)] * 3
+  assert task.info["n_eval_chars"] == {"val": 12 * 64, "test": 12 * 64}
 
 
 def test_text_default_corpus_is_the_standard_library():
@@ -410,7 +533,7 @@ def test_text_errors(tmp_path):
     tasks.text_task(empty)
   short = tmp_path / "short.txt"
   short.write_text("x" * 100)
-  with pytest.raises(ValueError, match=r"has 100 characters.*window=128.*at least 258"):
+  with pytest.raises(ValueError, match=r"has 100 characters.*window=128.*at least 387"):
     tasks.text_task(short)
   tasks.text_task(short, window=10)  # fine with a smaller window
   with pytest.raises(ValueError, match="is a directory"):
@@ -449,6 +572,11 @@ def test_registry():
     ("text", {"window": -1}, ValueError, "`window`"),
     ("text", {"test_fraction": 0.9}, ValueError, "`test_fraction`"),
     ("text", {"test_fraction": "0.1"}, TypeError, "`test_fraction`"),
+    ("text", {"val_fraction": 0.0}, ValueError, "`val_fraction`"),
+    ("co2", {"n_val": 0}, ValueError, "`n_val`"),
+    ("sunspots", {"n_val": 250}, ValueError, "n_val=250"),
+    ("adding", {"val_seed": 12345}, ValueError, "`val_seed`"),
+    ("copy", {"val_seed": -1}, ValueError, "`val_seed`"),
     ("text", {"path": 3}, TypeError, "`path`"),
     ("text", {"eval_chars": 0}, ValueError, "`eval_chars`"),
 ])

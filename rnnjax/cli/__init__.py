@@ -1,14 +1,17 @@
 """The `rnnjax` command line: `rnnjax train`, `rnnjax sample` and `rnnjax bench`.
 
 `rnnjax train` with no arguments trains the embedded default, an LSTM
-forecaster of the monthly CO2 series shipped with the package, and prints its
-held-out RMSE beside the baseline's. `rnnjax bench` times a training step of
+forecaster of the monthly CO2 series shipped with the package, keeps the
+checkpoint with the best validation RMSE, and prints its test RMSE beside the
+baseline's. `rnnjax bench` times a training step of
 rnnjax against Flax and the other installed peers (a quick run by default).
 
 The package holds one module per concept: `args` (the parser and the flag
-checks), `factories` (task, model and optimizer from a config), `outdir` (the
-rules of the run directory --out), and one module per command: `train_cmd`,
-`sample_cmd`, `bench_cmd`. `main` dispatches; the names below are re-exported so
+checks), `replay` (what config.json records, and `--config FILE`), `factories`
+(the recipe of `rnnjax.runs`, with its errors said in terms of flags), `outdir`
+(the rules of the run directory --out), `summary` (summary.json and the result
+line), and one module per command: `train_cmd`, `sample_cmd`, `bench_cmd`. Plots
+are `rnnjax.tools.plots`. `main` dispatches; the names below are re-exported so
 that `rnnjax.cli.NAME` keeps working. `rnnjax --version` prints the version;
 `python -m rnnjax ...` (and `python -m rnnjax.cli ...`) is the same as `rnnjax ...`.
 """
@@ -40,6 +43,7 @@ from rnnjax.cli.factories import (
     model_core,
 )
 from rnnjax.cli.outdir import OUTPUTS, RESUME_MAY_CHANGE, RUN_ONLY
+from rnnjax.cli.replay import file_defaults
 from rnnjax.cli.sample_cmd import sample_text
 from rnnjax.cli.train_cmd import train
 from rnnjax.tools import bench
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
       warnings.showwarning = lambda message, *_, **__: print(
           f"{prog}: warning: {_without_prefix(str(message))}", file=sys.stderr, flush=True)
       if args.command == "train":
+        if args.config is not None:  # Its values are the defaults; the flags given override.
+          args = build_parser(train_defaults=file_defaults(args.config)).parse_args(argv)
         return train(resolve_config(args))
       if args.command == "bench":
         return run_bench(args)

@@ -7,39 +7,29 @@ inconsistent flags (a `UsageError`) before any compute.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import pathlib
 from typing import Any
 
 import rnnjax
 from rnnjax.cli.errors import UsageError
+from rnnjax.runs import CELLS, OPTIMIZERS
 from rnnjax.tools import bench
 
 # The parser's description (the first line of `rnnjax --help`).
 DESCRIPTION = "The `rnnjax` command line: `rnnjax train`, `rnnjax sample` and `rnnjax bench`."
 
 
-def _lru(hidden: int) -> rnnjax.Cell:
-  """The LRU with `hidden` complex states and `hidden` outputs (its default is the input size)."""
-  return rnnjax.lru(hidden, output_size=hidden)
-
-
-def _rglru(hidden: int) -> rnnjax.Cell:
-  return rnnjax.rglru(hidden)
-
-
-# `--cell` choices: each builds a cell of hidden (output) size H from H. The gated cells and
-# minGRU/minLSTM have H-wide outputs; the LRU has H complex states read out to H real outputs.
-CELLS = {"lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu,
-         "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru}
-
 # Per-task defaults, chosen so each finishes in about a minute on 2 CPU cores.
+# eval_every: the forecasting tasks evaluate often (one cheap pass over a short series), so
+# the validation curve and the picked checkpoint are fine-grained.
 TASK_DEFAULTS = {
-    "co2": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3),
-    "sunspots": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3),
-    "adding": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3),
-    "copy": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3),
-    "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3),
+    "co2": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3, eval_every=100),
+    "sunspots": dict(hidden=32, steps=1500, batch_size=32, lr=3e-3, eval_every=100),
+    "adding": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
+    "copy": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
+    "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3, eval_every=500),
 }
 # Which tasks read --length, --delay and --window.
 TASK_OPTIONS = {"length": ("adding",), "delay": ("copy",), "window": ("co2", "sunspots", "text")}
@@ -51,6 +41,19 @@ class _Parser(argparse.ArgumentParser):
 
   def error(self, message: str):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """argparse's formatter that shows each option's default, except where its help says it.
+
+  Options without a value (`--resume`) and those whose default is None (their help
+  names the real default, such as the task's) get no "(default: None)".
+  """
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    if action.default is None or isinstance(action.default, bool):
+      return action.help or ""
+    return super()._get_help_string(action)
 
 
 def _positive(kind):
@@ -66,6 +69,19 @@ def _positive(kind):
     return value
   parse.__name__ = f"positive {kind.__name__}"
   return parse
+
+
+def _non_negative(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+  if not (math.isfinite(value) and value >= 0):
+    raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+  return value
+
+
+_non_negative.__name__ = "non-negative float"
 
 
 def _seed(text: str) -> int:
@@ -90,19 +106,35 @@ def _parsed_by(parse):
   return wrapped
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, train_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
   """The `rnnjax` parser: `--version` and the commands `train`, `sample` and `bench`.
 
-  Its errors are one line with a pointer to `--help` (exit code 2).
+  Its errors are one line with a pointer to `--help` (exit code 2); each command's
+  `--help` shows every option's default.
+
+  Args:
+    train_defaults: defaults of `rnnjax train`'s options that replace the built-in
+      ones (`--config FILE`'s values, from `replay.file_defaults`).
   """
   parser = _Parser(prog="rnnjax", description=DESCRIPTION,
                    epilog="Without a command, `rnnjax ARGS` means `rnnjax train ARGS`; "
                    "`rnnjax COMMAND --help` lists a command's options.")
-  parser.add_argument("--version", action="version", version=f"rnnjax {rnnjax.__version__}")
+  parser.add_argument("--version", action="version", version=f"rnnjax {rnnjax.__version__}",
+                      help="print the version and exit")
   sub = parser.add_subparsers(dest="command")
-  _add_train(sub.add_parser("train", help="train a model on a task (default: LSTM on CO2)"))
-  _add_sample(sub.add_parser("sample", help="generate text from a trained text model"))
-  _add_bench(sub.add_parser(
+  command = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)
+  train = command("train", help="train a model on a task (default: LSTM on CO2)",
+                  description="Trains a model on a task, keeps the checkpoint with the best "
+                  "validation metric, scores it on the test split beside the task's baseline, "
+                  "and writes the run directory --out (config, metrics, checkpoints, summary, "
+                  "plots).")
+  _add_train(train)
+  if train_defaults:
+    train.set_defaults(**train_defaults)
+  _add_sample(command("sample", help="generate text from a trained text model",
+                      description="Generates text from the text model trained by `rnnjax "
+                      "train --task text` in --out, and prints the prompt and the text."))
+  _add_bench(command(
       "bench", help="time rnnjax against Flax and the other installed peers (quick by default)",
       description="Times a one-layer LSTM/GRU (forward, forward+backward, one Adam step) in "
       "rnnjax, rnnjax without its fast path (rnnjax_generic), Flax, and Equinox, Haiku and "
@@ -114,32 +146,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(t: argparse.ArgumentParser) -> None:
   """The options of `rnnjax train`."""
-  t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2")
-  t.add_argument("--cell", choices=sorted(CELLS), default="lstm")
-  t.add_argument("--hidden", type=_positive(int), help="hidden size (task default)")
-  t.add_argument("--layers", type=_positive(int), default=1)
-  t.add_argument("--dropout", type=float, default=0.0, help="between layers, in [0, 1)")
-  t.add_argument("--steps", type=_positive(int), help="training steps (task default)")
-  t.add_argument("--batch-size", type=_positive(int), help="sequences per batch (task default)")
-  t.add_argument("--lr", type=_positive(float), help="peak Adam learning rate (task default)")
+  task_default = lambda name: "the task's: " + ", ".join(
+      f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items())
+  t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2", help="the task")
+  t.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="the recurrent cell")
+  t.add_argument("--hidden", type=_positive(int),
+                 help=f"hidden size of each layer (default: {task_default('hidden')})")
+  t.add_argument("--layers", type=_positive(int), default=1, help="stacked layers")
+  t.add_argument("--dropout", type=float, default=0.0,
+                 help="dropout between stacked layers, in [0, 1)")
+  t.add_argument("--steps", type=_positive(int),
+                 help=f"training steps (default: {task_default('steps')})")
+  t.add_argument("--batch-size", type=_positive(int),
+                 help=f"sequences per batch (default: {task_default('batch_size')})")
+  t.add_argument("--lr", type=_positive(float),
+                 help=f"peak learning rate (default: {task_default('lr')})")
+  t.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                 help="adam; adamw (decoupled weight decay); sgd (no momentum; "
+                 "--weight-decay adds an L2 penalty)")
+  t.add_argument("--weight-decay", type=_non_negative, default=0.0,
+                 help="adamw's decoupled decay (scaled by the learning rate) or sgd's L2 "
+                 "penalty; refused with adam")
   t.add_argument("--clip", type=_positive(float), default=1.0, help="global gradient-norm clip")
-  t.add_argument("--seed", type=_seed, default=0)
+  t.add_argument("--seed", type=_seed, default=0,
+                 help="seeds the initial params, the batches and the step keys")
+  t.add_argument("--config", metavar="FILE", default=None,
+                 help="replay a run: the options of this config.json of rnnjax train are the "
+                 "defaults, options given here override them (default: none)")
   t.add_argument("--out", default=None, help="run directory (default: runs/TASK-CELL)")
   t.add_argument("--resume", action="store_true",
                  help="continue the run in --out from its newest intact checkpoint, with the "
-                 "same model and task flags; --steps, --lr, --clip, --engine, --keep and the "
-                 "logging, evaluation and checkpoint intervals may change")
+                 "same model and task flags; --steps, --lr, --clip, --engine, --keep, "
+                 "--patience, --tensorboard and the logging, evaluation and checkpoint "
+                 "intervals may change")
   t.add_argument("--overwrite", action="store_true",
                  help="replace the run in --out: delete the files rnnjax train wrote there "
                  "(never others) and start again")
   t.add_argument("--text", default=None, help="text file for --task text (default: the "
                  "Python standard library's sources on this machine)")
   t.add_argument("--length", type=_positive(int), default=None,
-                 help="sequence length T of the adding problem (default 100)")
-  t.add_argument("--delay", type=_positive(int), default=None, help="copy-memory delay")
-  t.add_argument("--window", type=_positive(int), default=None, help="training window length")
+                 help="sequence length T of the adding problem (default: 100)")
+  t.add_argument("--delay", type=_positive(int), default=None,
+                 help="copy-memory delay (default: 100)")
+  t.add_argument("--window", type=_positive(int), default=None,
+                 help="training window length (default: co2 48, sunspots 40, text 128)")
   t.add_argument("--tbptt", type=_positive(int), default=None,
-                 help="truncated BPTT: stop gradients every this many steps")
+                 help="truncated BPTT: stop gradients every this many steps (default: off)")
   t.add_argument("--engine", choices=("auto", "sequential", "parallel", "chunked"),
                  default="auto", help="how a linear cell (mingru, minlstm, lru, rglru) runs "
                  "over time: auto picks per backend and length (sequential on CPU, a parallel "
@@ -147,28 +199,40 @@ def _add_train(t: argparse.ArgumentParser) -> None:
                  "or --dropout")
   t.add_argument("--steps-per-call", type=_positive(int), default=10,
                  help="training steps per jitted call")
-  t.add_argument("--eval-every", type=int, default=500)
-  t.add_argument("--checkpoint-every", type=int, default=500)
-  t.add_argument("--keep", type=_positive(int), default=3, help="checkpoints to keep")
-  t.add_argument("--no-plots", action="store_true")
+  t.add_argument("--eval-every", type=int, default=None,
+                 help="steps between evaluations on the validation split (0: only at the end); "
+                 "the checkpoint with the best validation metric is kept in --out/best "
+                 f"(default: {task_default('eval_every')})")
+  t.add_argument("--patience", type=_positive(int), default=None,
+                 help="stop after this many evaluations without a better validation metric "
+                 "(default: never)")
+  t.add_argument("--checkpoint-every", type=int, default=500,
+                 help="steps between checkpoints (0: only at the end and on Ctrl-C)")
+  t.add_argument("--keep", type=_positive(int), default=3, help="newest checkpoints to keep")
+  t.add_argument("--tensorboard", metavar="DIR", default=None,
+                 help="also write the metrics as TensorBoard events into DIR (needs "
+                 "pip install 'rnnjax[tensorboard]'; default: none)")
+  t.add_argument("--no-plots", action="store_true", help="write no PNG files")
   t.add_argument("--diagnostics", action="store_true",
                  help="measure gradient norms over time and step-Jacobian spectra on one "
                  "training batch, at initialisation and after training: diagnostics.json/png")
-  t.add_argument("--quiet", action="store_true", help="no progress line")
+  t.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def _add_sample(s: argparse.ArgumentParser) -> None:
   """The options of `rnnjax sample`."""
   s.add_argument("--out", required=True, help="the run directory of `rnnjax train --task text`")
-  s.add_argument("--length", type=_positive(int), default=400)
-  s.add_argument("--prompt", default="def ")
-  s.add_argument("--temperature", type=_positive(float), default=0.8)
-  s.add_argument("--seed", type=_seed, default=0)
+  s.add_argument("--length", type=_positive(int), default=400, help="characters to generate")
+  s.add_argument("--prompt", default="def ",
+                 help="the text to start from (only characters of the training text)")
+  s.add_argument("--temperature", type=_positive(float), default=0.8,
+                 help="the sampling temperature")
+  s.add_argument("--seed", type=_seed, default=0, help="the sampling seed")
 
 
 def _add_bench(b: argparse.ArgumentParser) -> None:
   """The options of `rnnjax bench`."""
-  b.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
+  b.add_argument("--cell", choices=("lstm", "gru"), default="lstm", help="the cell to time")
   b.add_argument("--sizes", nargs="+", type=_parsed_by(bench.parse_size), metavar="B,T,I,H",
                  help=f"batch, steps, input and hidden size (default {bench.CLI_SIZE}; "
                  "with --full, the five benchmark sizes)")
@@ -181,9 +245,9 @@ def _add_bench(b: argparse.ArgumentParser) -> None:
                  "rnnjax, the reference, always runs)")
   b.add_argument("--threads", type=_positive(int),
                  help="PyTorch's threads (default: the cores this process may use)")
-  b.add_argument("--seed", type=_seed, default=0)
+  b.add_argument("--seed", type=_seed, default=0, help="seeds the weights and inputs")
   b.add_argument("--json-out", metavar="PATH", help="also write one JSON line per measurement "
-                 "(for benchmarks/plot_results.py)")
+                 "(for benchmarks/plot_results.py; default: none)")
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,6 +289,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
                          f"--engine sequential or auto, got {flag} {value}")
   if config["eval_every"] < 0 or config["checkpoint_every"] < 0:
     raise UsageError("--eval-every and --checkpoint-every must be >= 0")
+  if config["weight_decay"] and config["optimizer"] == "adam":
+    raise UsageError(f"--weight-decay {config['weight_decay']:g} needs --optimizer adamw "
+                     "(decoupled weight decay) or sgd (an L2 penalty); adam takes none")
+  if config["patience"] is not None and not config["eval_every"]:
+    raise UsageError(f"--patience {config['patience']} counts evaluations on the validation "
+                     "split; it needs --eval-every > 0")
   spc = config["steps_per_call"]
   if config["checkpoint_every"] % spc:
     config["checkpoint_every"] = max(spc, config["checkpoint_every"] // spc * spc)

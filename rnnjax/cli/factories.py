@@ -1,7 +1,9 @@
-"""What `rnnjax train` and `rnnjax sample` build from a resolved config.
+"""What `rnnjax train` and `rnnjax sample` build from a resolved config, in terms of flags.
 
-The task (its errors said in terms of flags), the model, its engine, the
-optimizer, and the check that the model fits in the device's memory.
+The recipe itself (task, model, engine, optimizer, loss and predict functions) is
+`rnnjax.runs`, shared with `rnnjax.load_run`; its names are re-exported here. This
+module adds what only the command line needs: the task's errors said in terms of
+flags, the checks of `--text`, and the check that the model fits in the device's memory.
 """
 
 from __future__ import annotations
@@ -12,29 +14,21 @@ import re
 from typing import Any
 
 import jax
-import optax
 
 import rnnjax
-from rnnjax._src import model as model_lib
-from rnnjax.cli.args import CELLS
 from rnnjax.cli.errors import UsageError
+from rnnjax.runs import (  # noqa: F401  (re-exported: `rnnjax.cli.make_model` etc.)
+    engine_used,
+    make_loss,
+    make_model,
+    make_optimizer,
+    make_predict,
+    make_task,
+    model_core,
+)
 
 # The flags that set each task factory's arguments, for errors in terms of flags.
 TASK_FLAGS = {"path": "--text", "window": "--window", "length": "--length", "delay": "--delay"}
-
-
-def make_task(config: dict[str, Any]):
-  from rnnjax import tasks  # Imported here: only the CLI reads the data files.
-  kwargs = {}
-  if config["task"] == "text":
-    kwargs["path"] = config["text"]
-  if config["task"] == "adding" and config["length"] is not None:
-    kwargs["length"] = config["length"]
-  if config["task"] == "copy" and config["delay"] is not None:
-    kwargs["delay"] = config["delay"]
-  if config["window"] is not None and config["task"] in ("co2", "sunspots", "text"):
-    kwargs["window"] = config["window"]
-  return tasks.get_task(config["task"], **kwargs)
 
 
 def _task_for_flags(config: dict[str, Any]):
@@ -75,32 +69,6 @@ def _in_flags(message: str) -> str:
     message = re.sub(rf"`{name}`|\b{name}(?= \+ 1)|\b{name}=", lambda m, flag=flag: flag + (
         " " if m.group(0).endswith("=") else ""), message).replace(f"{flag}  ", f"{flag} ")
   return message
-
-
-def model_core(config: dict[str, Any]) -> rnnjax.Cell:
-  """The recurrent core of `make_model`'s model (also given to the diagnostics)."""
-  cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
-  return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
-
-
-def make_model(config: dict[str, Any], task) -> rnnjax.SequenceModel:
-  return rnnjax.sequence_model(model_core(config), input_size=task.input_size,
-                               output_size=task.output_size, vocab_size=task.vocab_size,
-                               engine=config.get("engine", "auto"))
-
-
-def engine_used(config: dict[str, Any], num_steps: int) -> str:
-  """The engine a training step of `make_model`'s model runs, for windows of `num_steps`."""
-  engine = model_lib.model_engine(model_core(config), config.get("engine", "auto"),
-                                  tbptt=config["tbptt"], key_given=config["dropout"] > 0.0)
-  return rnnjax.auto_engine(num_steps) if engine == "auto" else engine
-
-
-def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config["lr"], warmup_steps=min(100, config["steps"] // 10 + 1),
-      decay_steps=config["steps"], end_value=config["lr"] * 0.05)
-  return optax.chain(optax.clip_by_global_norm(config["clip"]), optax.adam(schedule))
 
 
 def _check_fits_in_memory(config: dict[str, Any], model: rnnjax.SequenceModel) -> None:

@@ -18,14 +18,20 @@ from rnnjax.cli.errors import UsageError, _reason
 
 # Options that may differ between a run and its resumption.
 # The engines give the same answers, so a run may resume on another (a CPU run on a GPU).
+# `config` (the file a run was replayed from) and what config.json records of the software
+# (`versions`, `git_commit`) may differ too.
 RUN_ONLY = {"out", "resume", "overwrite", "steps", "quiet", "no_plots", "eval_every",
-            "checkpoint_every", "keep", "diagnostics", "engine"}
+            "checkpoint_every", "keep", "diagnostics", "engine", "patience", "tensorboard",
+            "config", "versions", "git_commit"}
+# The options added since the first config.json, with the value an older run had.
+_ADDED = {"optimizer": "adam", "weight_decay": 0.0}
 # Options that `--resume` may also change, with a note: the optimizer's learning rate and
 # clipping (after a divergence, say), which leave the shapes of the state as they were.
 RESUME_MAY_CHANGE = ("lr", "clip")
 # What `rnnjax train` writes into --out, and all that --overwrite removes.
-OUTPUTS = ("checkpoint", "metrics.jsonl", "summary.json", "config.json", "diverged.json",
-           "loss.png", "diagnostics.json", "diagnostics.png",
+# (`samples.png` is no longer written, but --overwrite still removes an older run's.)
+OUTPUTS = ("checkpoint", "best", "metrics.jsonl", "summary.json", "config.json",
+           "diverged.json", "loss.png", "diagnostics.json", "diagnostics.png",
            "forecast.png", "samples.png", "samples.txt", "vocab.json")
 
 
@@ -56,6 +62,7 @@ def _prepare_out(config: dict[str, Any]) -> tuple[pathlib.Path, bool]:
                        "start one without --resume")
   else:
     old = _read_config(saved)
+    old = {**_ADDED, **old}
     differs = [k for k in sorted(set(old) | set(config))
                if k not in RUN_ONLY and old.get(k) != config.get(k)]
     listed = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in differs)

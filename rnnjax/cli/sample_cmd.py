@@ -19,7 +19,11 @@ from rnnjax.cli.outdir import _holds_checkpoint
 
 def sample_text(out: str | pathlib.Path, *, length: int, prompt: str, temperature: float,
                 seed: int) -> str:
-  """Generates `length` characters from the text model trained in `out`."""
+  """Generates `length` characters from the text model trained in `out` (`rnnjax.generate`).
+
+  The newest checkpoint continues `prompt`; generated character `i` is drawn with the key
+  `jax.random.fold_in(jax.random.PRNGKey(seed), i)`.
+  """
   out = pathlib.Path(out)
   if not (out / "config.json").is_file():
     raise UsageError(f"--out {out} holds no run (no config.json); train one with --task text "
@@ -60,23 +64,9 @@ def sample_text(out: str | pathlib.Path, *, length: int, prompt: str, temperatur
   finally:
     ckpt.close()
 
-  @jax.jit
-  def step(carry, token, key):
-    logits, carry = model.apply(params, token.reshape(1, 1), carry)
-    nxt = jax.random.categorical(key, logits[0, 0] / temperature)
-    return carry, nxt
-
-  carry = model.initial_carry(params, (1,))
-  for token in ids[:-1]:
-    carry, _ = step(carry, jnp.asarray(token, jnp.int32), jax.random.PRNGKey(0))
-  token = jnp.asarray(ids[-1], jnp.int32)
-  generated = []
-  key = jax.random.PRNGKey(seed)
-  for _ in range(length):
-    key, sub = jax.random.split(key)
-    carry, token = step(carry, token, sub)
-    generated.append(int(token))
-  return prompt + "".join(vocab[i] for i in generated)
+  tokens = rnnjax.generate(model, params, jnp.asarray(ids, jnp.int32), length,
+                           key=jax.random.PRNGKey(seed), temperature=temperature)
+  return prompt + "".join(vocab[int(i)] for i in tokens)
 
 
 def _read_json(out: pathlib.Path, name: str, kind: type) -> Any:

@@ -1,8 +1,13 @@
-"""`rnnjax train`: trains a model on a task, then writes its summary and plots into --out."""
+"""`rnnjax train`: trains a model on a task, then writes its summary and plots into --out.
+
+It builds the task, the model and the training step once (the recipe is
+`rnnjax.runs`), runs `rnnjax.fit` with evaluation on the validation split and
+the best checkpoint kept, then scores the best checkpoint and the final state on
+validation and test (`summary`) and draws the plots (`rnnjax.tools.plots`).
+"""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 import time
@@ -14,97 +19,121 @@ import numpy as np
 import rnnjax
 from rnnjax._src.checkpoint import CheckpointError
 from rnnjax._src.files import write_json_atomic
+from rnnjax.cli import summary as summary_lib
 from rnnjax.cli.args import TASK_DEFAULTS
 from rnnjax.cli.errors import UsageError
 from rnnjax.cli.factories import (
     _check_fits_in_memory,
     _task_for_flags,
     engine_used,
+    make_loss,
     make_model,
     make_optimizer,
+    make_predict,
     model_core,
 )
-from rnnjax.cli.outdir import _holds_checkpoint, _prepare_out
-from rnnjax.cli.sample_cmd import sample_text
+from rnnjax.cli.outdir import RUN_ONLY, _holds_checkpoint, _prepare_out
+from rnnjax.cli.replay import provenance
 
 
 def train(config: dict[str, Any]) -> int:
+  """`rnnjax train` on a resolved config (from `resolve_config`); returns the exit code."""
+  config = {**config, **provenance()}  # config.json records the software too.
   task = _task_for_flags(config)  # Validates the data and sizes before any compute.
   model = make_model(config, task)
   _check_fits_in_memory(config, model)
+  _check_writers(config)
   out, resume = _prepare_out(config)
-  if task.vocab_size is not None and "vocab" in task.info:
-    write_json_atomic(out / "vocab.json", list(task.info["vocab"]))
+  writers = _writers(config)
+  try:
+    if task.vocab_size is not None and "vocab" in task.info:
+      write_json_atomic(out / "vocab.json", list(task.info["vocab"]))
+    return _train(config, task, model, out, resume, writers)
+  finally:
+    for writer in writers:  # fit flushes the writers; the one who made them closes them.
+      writer.close()
+
+
+def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathlib.Path,
+           resume: bool, writers: list) -> int:
+  """Builds the state, step and data once, trains, then reports; returns the exit code."""
   optimizer = make_optimizer(config)
-  root = jax.random.PRNGKey(config["seed"])
-  k_init, k_data, k_train = jax.random.split(root, 3)
+  k_init, k_data, k_train = jax.random.split(jax.random.PRNGKey(config["seed"]), 3)
   state = rnnjax.train_state(model.init(k_init), optimizer, k_train)
-  tbptt = config["tbptt"]
-
-  def loss_fn(params, batch, key):
-    preds, _ = model.apply(params, batch["xs"], key=key if config["dropout"] else None,
-                           tbptt=tbptt)
-    return task.loss(preds, batch)
-
-  step_fn = rnnjax.make_train_step(loss_fn, optimizer, steps_per_call=config["steps_per_call"])
+  step_fn = rnnjax.make_train_step(make_loss(config, task, model), optimizer,
+                                   steps_per_call=config["steps_per_call"])
   batch_fn = jax.jit(lambda s: task.train_batch(jax.random.fold_in(k_data, s),
                                                 config["batch_size"]))
-  predict_fn = jax.jit(lambda p, xs: model.apply(p, xs)[0])
+  predict = make_predict(model)
 
-  def evaluate(params):
-    return task.evaluate(lambda xs: predict_fn(params, xs))[0]
+  def evaluate(params, split):
+    return task.evaluate(lambda xs: predict(params, xs), split)
 
-  num_steps = jax.eval_shape(batch_fn, 0)["xs"].shape[0]
-  engine = engine_used(config, num_steps)
+  engine = engine_used(config, jax.eval_shape(batch_fn, 0)["xs"].shape[0])
   print(f"rnnjax train: {config['cell']} x{config['layers']} (hidden {config['hidden']}) on "
-        f"{task.name}, {config['steps']} steps, batch {config['batch_size']}, {engine} engine "
-        f"on {jax.default_backend()} -> {out}", flush=True)
+        f"{task.name}, {config['steps']} steps, batch {config['batch_size']}, "
+        f"{config['optimizer']}, {engine} engine on {jax.default_backend()} -> {out}",
+        flush=True)
+  diag = _Diagnostics(config, task, k_data) if config.get("diagnostics") else None
+  if diag is not None:
+    diag.measure("init", state.params)
   start = time.perf_counter()
-  diag = {}
-  if config.get("diagnostics"):
-    from rnnjax.tools import report
-    diag_batch = task.train_batch(jax.random.fold_in(k_data, 2**31 - 1), config["batch_size"])
-    core = model_core(config)
-    diag["init"] = report.model_diagnostics(core, state.params, task, diag_batch)
   try:
     result = rnnjax.fit(
         state, step_fn, batch_fn, num_steps=config["steps"],
-        steps_per_call=config["steps_per_call"], eval_fn=evaluate,
-        eval_every=config["eval_every"], out_dir=out,
-        checkpoint_every=config["checkpoint_every"], keep=config["keep"],
-        resume=resume, progress=not config["quiet"])
+        steps_per_call=config["steps_per_call"], eval_fn=lambda p: evaluate(p, "val")[0],
+        eval_every=config["eval_every"], best_metric=task.metric,
+        patience=config["patience"], out_dir=out, checkpoint_every=config["checkpoint_every"],
+        keep=config["keep"], resume=resume, writers=writers, hparams=_hparams(config),
+        progress=False if config["quiet"] else rnnjax.ProgressBar(
+            units={"loss": task.loss_units, task.metric: task.units}))
+    wall = time.perf_counter() - start
+    stopped = _stopped_early(result, config, out)
+    if stopped is not None:
+      return stopped
+    best_state = rnnjax.restore_best(out, result.state)
+    best, best_details = summary_lib.score(evaluate, best_state)
   except CheckpointError as err:
     raise UsageError(_checkpoint_problem(err, out)) from None
-  wall = time.perf_counter() - start
-  stopped = _stopped_early(result, config, out)
-  if stopped is not None:
-    return stopped
-  metrics, details = task.evaluate(lambda xs: predict_fn(result.state.params, xs))
-  value = metrics[task.metric]
-  beat = value < task.baseline
-  summary = {
-      "task": task.name, "cell": config["cell"], "config": config,
-      "metric": task.metric, task.metric: value, "metrics": metrics,
-      "baseline": task.baseline, "baseline_name": task.baseline_name,
-      "beats_baseline": bool(beat), "steps": int(result.state.step), "wall_s": round(wall, 2),
-      "engine": engine,
-      "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(result.state.params))),
-      "jax": jax.__version__, "backend": jax.default_backend(), "task_info": _jsonable(task.info),
-  }
+  final = summary_lib.score(evaluate, result.state)[0]
+  summary = summary_lib.summary(task, config, status=result.status, best=best, final=final,
+                                wall_s=wall, engine=engine, params=result.state.params)
   write_json_atomic(out / "summary.json", summary)
-  if diag:
-    diag[f"after {int(result.state.step)} steps"] = report.model_diagnostics(
-        core, result.state.params, task, diag_batch)
-    for name, path in zip(("JSON", "plot"), report.write(out, "diagnostics", diag,
-                                                         plots=not config["no_plots"]),
-                          strict=False):
-      print(f"diagnostics {name}: {path}", flush=True)
+  if diag is not None:
+    diag.measure(f"after {int(result.state.step)} steps", result.state.params)
+    diag.write(out, plots=not config["no_plots"])
   if not config["no_plots"]:
-    _plots(out, task, details, config)
-  verdict = "beats" if beat else "does NOT beat"
-  print(f"{task.metric} {value:.4g}  vs  {task.baseline_name} baseline {task.baseline:.4g}  "
-        f"({verdict} the baseline; {wall:.0f} s)", flush=True)
+    _outputs(out, task, config, model, best_state, best_details)
+  for line in summary_lib.result_lines(summary):
+    print(line, flush=True)
   return 0
+
+
+def _check_writers(config: dict[str, Any]) -> None:
+  """Refuses `--tensorboard` without tensorboardX, before anything is written."""
+  if config.get("tensorboard") is not None:
+    try:
+      import tensorboardX  # noqa: F401
+    except ImportError:
+      raise UsageError("--tensorboard needs tensorboardX, which is not installed; install it "
+                       "with pip install 'rnnjax[tensorboard]'") from None
+
+
+def _writers(config: dict[str, Any]) -> list:
+  """The metric writers besides metrics.jsonl: `--tensorboard DIR`'s."""
+  if config.get("tensorboard") is None:
+    return []
+  try:
+    return [rnnjax.TensorBoardWriter(config["tensorboard"])]
+  except OSError as err:
+    raise UsageError(f"--tensorboard {config['tensorboard']} cannot be written: "
+                     f"{err.strerror or err}") from None
+
+
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+  """The config's flags as hyper-parameters of the writers (strings, numbers, booleans)."""
+  return {k: v for k, v in config.items()
+          if isinstance(v, (str, int, float, bool)) and k not in RUN_ONLY}
 
 
 def _stopped_early(result: rnnjax.FitResult, config: dict[str, Any],
@@ -153,61 +182,58 @@ def _divergence_advice(config: dict[str, Any], out: pathlib.Path) -> str:
   return advice
 
 
-def _jsonable(obj: Any) -> Any:
-  try:
-    json.dumps(obj)
-    return obj
-  except TypeError:
-    if isinstance(obj, dict):
-      return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-      return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-      return obj.tolist()
-    return repr(obj)
 
 
-def _plots(out: pathlib.Path, task, details: dict[str, Any], config: dict[str, Any]) -> None:
+class _Diagnostics:
+  """`--diagnostics`: gradient flow on one training batch, at initialisation and after training."""
+
+  def __init__(self, config: dict[str, Any], task, k_data: jax.Array):
+    from rnnjax.tools import report
+
+    self.report, self.task, self.core = report, task, model_core(config)
+    self.batch = task.train_batch(jax.random.fold_in(k_data, 2**31 - 1), config["batch_size"])
+    self.reports: dict[str, Any] = {}
+
+  def measure(self, label: str, params: Any) -> None:
+    self.reports[label] = self.report.model_diagnostics(self.core, params, self.task, self.batch)
+
+  def write(self, out: pathlib.Path, plots: bool) -> None:
+    written = self.report.write(out, "diagnostics", self.reports, plots=plots)
+    for name, path in zip(("JSON", "plot"), written, strict=False):
+      print(f"diagnostics {name}: {path}", flush=True)
+
+
+def _outputs(out: pathlib.Path, task, config: dict[str, Any], model: rnnjax.SequenceModel,
+             best: rnnjax.TrainState, details: dict[str, dict]) -> None:
+  """The plots (loss.png; forecast.png or samples.txt) of the best checkpoint's model."""
   try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib  # noqa: F401  (only to know that rnnjax.tools.plots can draw)
   except ImportError:
     print("rnnjax train: matplotlib is not installed, so no plots were written "
           "(pip install 'rnnjax[plots]').", file=sys.stderr)
     return
-  records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-  train_rec = [r for r in records if "loss" in r]
-  fig, ax = plt.subplots(figsize=(7, 4))
-  ax.plot([r["step"] for r in train_rec], [r["loss"] for r in train_rec], label="training loss")
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("loss")
-  ax.set_title(f"{config['cell']} on {task.name}")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out / "loss.png", dpi=100)
-  plt.close(fig)
-  if "truth" in details and "forecast" in details:
-    fig, ax = plt.subplots(figsize=(9, 4))
-    time_axis = np.asarray(details.get("time", np.arange(len(details["truth"]))))
-    start = int(details.get("test_start", 0))
-    ax.plot(time_axis, details["truth"], color="black", lw=1, label="truth")
-    ax.plot(time_axis[start:], np.asarray(details["forecast"])[start:], color="tab:red", lw=1.2,
-            label=f"{config['cell']} one-step forecast (test)")
-    ax.axvline(time_axis[start], color="gray", ls="--", lw=0.8)
-    ax.set_title(f"{task.name}: held-out tail")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "forecast.png", dpi=100)
-    plt.close(fig)
+  from rnnjax.tools import plots
+
+  step = int(best.step)
+  title = f"{config['cell']} x{config['layers']} (hidden {config['hidden']}) on {task.name}"
+  plots.loss_plot(out / "loss.png", plots.read_records(out / "metrics.jsonl"),
+                  metric=task.metric, units=task.units, loss_units=task.loss_units,
+                  baseline=task.baselines["val"], baseline_name=task.baseline_name,
+                  best_step=step, title=title)
+  if all("forecast" in d and "truth" in d for d in details.values()):
+    plots.forecast_plot(out / "forecast.png", details, label=config["cell"],
+                        baseline_name=task.baseline_name, units=task.units,
+                        title=f"{title}: step {step}, picked by validation")
   if task.vocab_size is not None and task.name == "text":
-    held_out = details.get("held_out") or [""]
-    prompt = "def " if all(c in task.info["vocab"] for c in "def ") else held_out[0][:4]
-    text = sample_text(out, length=300, prompt=prompt or task.info["vocab"][0], temperature=0.8,
-                       seed=0)
-    (out / "samples.txt").write_text(text + "\n")
-    fig = plt.figure(figsize=(9, 5))
-    fig.text(0.01, 0.99, text, family="monospace", fontsize=8, va="top", wrap=True)
-    fig.savefig(out / "samples.png", dpi=100)
-    plt.close(fig)
+    (out / "samples.txt").write_text(_sample(task, model, best.params) + "\n")
+
+
+def _sample(task, model: rnnjax.SequenceModel, params: Any, length: int = 300) -> str:
+  """`length` characters sampled (temperature 0.8, seed 0) after the prompt "def " (if it
+  is in the vocabulary, else the vocabulary's first character)."""
+  vocab = list(task.info["vocab"])
+  prompt = "def " if all(c in vocab for c in "def ") else vocab[0]
+  ids = np.asarray([vocab.index(c) for c in prompt], np.int32)
+  tokens = rnnjax.generate(model, params, ids, length, key=jax.random.PRNGKey(0),
+                           temperature=0.8)
+  return prompt + "".join(vocab[int(i)] for i in np.asarray(tokens))

@@ -1,15 +1,18 @@
 """Tasks: real and synthetic sequence problems, each a `Task` of batches, loss and evaluation.
 
 `TASKS` maps the command-line names to the factories; `get_task(name, **kwargs)`
-calls one.
+calls one. Every task scores two fixed held-out splits, `SPLITS` = ("val", "test"),
+carved from its data before training.
 
 Example:
   >>> from rnnjax import tasks
   >>> sorted(tasks.TASKS)
   ['adding', 'co2', 'copy', 'sunspots', 'text']
   >>> task = tasks.get_task("sunspots", window=20)
-  >>> task.metric, task.baseline_name
-  ('test_rmse', 'persistence')
+  >>> task.metric, task.units, task.baseline_name
+  ('rmse', 'sunspot number', 'persistence')
+  >>> {split: round(value, 2) for split, value in task.baselines.items()}
+  {'val': 34.85, 'test': 30.83}
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rnnjax.tasks.base import SPLITS as SPLITS
 from rnnjax.tasks.base import Batch as Batch
 from rnnjax.tasks.base import Predict as Predict
 from rnnjax.tasks.base import Task as Task
@@ -57,6 +61,7 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
 
 __all__ = (
+    "SPLITS",
     "TASKS",
     "Batch",
     "Predict",

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import checks
+from rnnjax.tasks.base import SPLITS
 
 
 def int_at_least(fn: str, name: str, value: Any, minimum: int = 1) -> int:
@@ -33,6 +34,16 @@ def fraction(fn: str, name: str, value: Any, high: float) -> float:
   if not 0.0 < float(value) <= high:
     raise ValueError(f"{fn}: `{name}` must be in (0, {high}], got {name}={value!r}.")
   return float(value)
+
+
+def split(fn: str, value: Any) -> str:
+  """`value` checked to be one of `SPLITS` ("val" or "test")."""
+  if not isinstance(value, str) or value not in SPLITS:
+    raise ValueError(
+        f"{fn}: `split` must be 'val' (validation) or 'test', got split={value!r}. Score "
+        "the validation split while training and choosing a model, the test split once, at "
+        "the end.")
+  return value
 
 
 def random_windows(key: jax.Array, data: jax.Array, batch_size: int, length: int) -> jax.Array:

@@ -2,8 +2,10 @@
 
 A task is data and scoring only; it knows nothing of the model. The training
 loop asks it for batches (a pure function of a PRNG key, so a resumed run sees
-exactly the batches an uninterrupted one would) and for a held-out evaluation
-of a prediction function.
+exactly the batches an uninterrupted one would) and for an evaluation of a
+prediction function on one of two fixed held-out splits: "val" (validation, to
+watch a run and pick its checkpoint) and "test" (to report the chosen model once).
+Training batches never read either split.
 
 Batches are dicts of arrays, time first:
 
@@ -23,6 +25,9 @@ import jax.numpy as jnp
 Batch = dict[str, jax.Array]
 Predict = Callable[[jax.Array], jax.Array]  # xs [T, B, ...] -> preds [T, B, O] (logits/values)
 
+SPLITS = ("val", "test")
+"""The held-out splits every task scores: validation first, then test."""
+
 
 class Task(NamedTuple):
   """A learning problem.
@@ -32,14 +37,23 @@ class Task(NamedTuple):
     input_size: `I`, features per step (for token tasks: the vocabulary size).
     output_size: `O`, outputs per step (for token tasks: the vocabulary size).
     vocab_size: number of token ids for token inputs/targets, else None.
-    train_batch: `train_batch(key, batch_size) -> Batch`, a pure function of `key`.
+    train_batch: `train_batch(key, batch_size) -> Batch`, a pure function of `key` that
+      reads the training data only.
     loss: `loss(preds [T, B, O], batch) -> scalar`, the training loss (masked mean).
-    evaluate: `evaluate(predict) -> (metrics, details)`: held-out metrics (a dict of
-      floats holding at least `metric`) and arrays for plots (e.g. "truth", "forecast").
-    metric: the name of the headline metric in `evaluate`'s dict; lower is better.
-    baseline: the headline metric of the baseline on the same held-out data.
+    evaluate: `evaluate(predict, split) -> (metrics, details)` with `split` "val" or
+      "test" (positional or keyword; anything else is a ValueError): the metrics on that
+      split (a dict of floats holding at least `metric`, keys without a split prefix)
+      and arrays for plots (e.g. "truth", "forecast").
+    metric: the name of the headline metric in `evaluate`'s dict, e.g. "rmse"; lower is
+      better.
+    baselines: `{"val": ..., "test": ...}`, the headline metric of the baseline on each
+      split.
     baseline_name: what the baseline is (e.g. "seasonal naive").
-    info: anything else worth recording in the run summary (sizes, source, vocab).
+    units: the unit of the headline metric (e.g. "ppm", "bits per character"; "" if it
+      has none).
+    loss_units: the unit of the training loss (e.g. "squared normalised units", "nats").
+    info: anything else worth recording in the run summary (split sizes and ranges,
+      source, vocab).
   """
 
   name: str
@@ -48,11 +62,18 @@ class Task(NamedTuple):
   vocab_size: int | None
   train_batch: Callable[[jax.Array, int], Batch]
   loss: Callable[[jax.Array, Batch], jax.Array]
-  evaluate: Callable[[Predict], tuple[dict[str, float], dict[str, Any]]]
+  evaluate: Callable[[Predict, str], tuple[dict[str, float], dict[str, Any]]]
   metric: str
-  baseline: float
+  baselines: dict[str, float]
   baseline_name: str
+  units: str
+  loss_units: str
   info: dict[str, Any]
+
+  @property
+  def baseline(self) -> float:
+    """The baseline's headline metric on the test split, `baselines["test"]`."""
+    return self.baselines["test"]
 
 
 def masked_mse(preds: jax.Array, batch: Batch) -> jax.Array:

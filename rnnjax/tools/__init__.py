@@ -7,5 +7,6 @@ public package, they may `import rnnjax` and build on its public API.
 
 Modules: `bench` (the harness behind `rnnjax bench` and `benchmarks/bench_rnn.py`),
 `bench_peers` (the peer implementations it times: Flax, Equinox, Haiku, PyTorch),
-`report` (gradient-flow diagnostics of a model, written as JSON and PNG).
+`report` (gradient-flow diagnostics of a model, written as JSON and PNG), `plots`
+(a run's `loss.png` and `forecast.png`).
 """
