@@ -760,3 +760,83 @@ def _check_unroll_dtype_errors(name):
         "rnnjax.parallel_unroll: `carry" + path + "` has dtype int32")):
       jax.eval_shape(lambda p, x, c: rnnjax.parallel_unroll(cell, p, x, c, engine="parallel"),
                      params, xs, wrong)
+
+
+# ---- 8. init="pytorch": every weight and bias uniform in ±1/sqrt(H), as PyTorch draws them. ----
+
+PYTORCH_DRAWS = 400  # keys; with the sizes above every leaf has >= 2000 values
+
+
+@jax.jit
+def _pytorch_draws(key):
+  cells = {"elman": rnnjax.elman(H, init="pytorch"), "lstm": rnnjax.lstm(H, init="pytorch"),
+           "lstm_proj": rnnjax.lstm(H, proj_size=P, init="pytorch"),
+           "gru": rnnjax.gru(H, init="pytorch"), "mgu": rnnjax.mgu(H, init="pytorch")}
+  keys = jax.random.split(key, PYTORCH_DRAWS)
+  return {name: jax.vmap(lambda k, c=cell: c.init(k, I))(keys) for name, cell in cells.items()}
+
+
+def _check_uniform(values, bound, what):
+  """`values` look like i.i.d. draws of U(-bound, bound): range, moments and KS distance."""
+  v = np.sort(np.asarray(values, np.float64).ravel())
+  n = v.size
+  assert np.all(np.abs(v) <= bound), what
+  assert v[0] < -0.95 * bound and v[-1] > 0.95 * bound, what
+  sd = bound / np.sqrt(3.0)  # the uniform's standard deviation
+  assert abs(v.mean()) < 5 * sd / np.sqrt(n), what
+  assert abs(v.var() / sd**2 - 1.0) < 0.1, what
+  cdf = (v + bound) / (2 * bound)
+  ks = np.max(np.maximum(np.arange(1, n + 1) / n - cdf, cdf - np.arange(n) / n))
+  assert ks < 2.3 / np.sqrt(n), (what, ks)  # the KS test rejects at about p = 1e-4
+
+
+def test_pytorch_init_draws_every_weight_and_bias_uniformly():
+  bound = 1.0 / np.sqrt(H)
+  draws = _pytorch_draws(jax.random.key(3))
+  for name, params in draws.items():
+    fields = {k: v for k, v in params._asdict().items() if v is not None}
+    assert set(fields) >= {"w_i", "w_h", "b_i", "b_h"}, name
+    for field, values in fields.items():
+      _check_uniform(values, bound, f"{name}.{field}")
+  # No forget-gate fill: the LSTM's forget slice of b_i (gate 1) and the MGU's gate (0).
+  _check_uniform(draws["lstm"].b_i[:, H:2 * H], bound, "lstm forget bias")
+  _check_uniform(draws["mgu"].b_i[:, :H], bound, "mgu gate bias")
+  assert draws["lstm_proj"].w_proj.shape == (PYTORCH_DRAWS, H, P)
+  assert draws["lstm_proj"].w_h.shape == (PYTORCH_DRAWS, P, 4 * H)
+
+
+def test_pytorch_init_keeps_use_bias_and_dtype():
+  params = rnnjax.gru(H, init="pytorch", use_bias=False, dtype=jnp.bfloat16).init(
+      jax.random.key(0), I)
+  assert params.b_i is None and params.b_h is None
+  assert params.w_i.dtype == params.w_h.dtype == jnp.bfloat16
+  assert float(jnp.max(jnp.abs(params.w_h.astype(jnp.float32)))) <= 1.0 / np.sqrt(H)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_default_init_is_unchanged(name):
+  cell = FACTORIES[name](H, init="default")
+  params, before = cell.init(jax.random.key(1), I), FACTORIES[name](H).init(jax.random.key(1), I)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, before)
+  # LeCun normal and orthogonal, not PyTorch's uniform: the orthogonal w_h has unit rows.
+  np.testing.assert_allclose(np.linalg.norm(params.w_h[:, :H], axis=0), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_pytorch_init_refuses_initializers_and_a_forget_bias(name):
+  factory = FACTORIES[name]
+  zeros = jax.nn.initializers.zeros
+  for arg in ("kernel_init", "recurrent_init"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"rnnjax.{name}: init='pytorch' draws every weight uniformly in ±1/sqrt(hidden_size), "
+        f"so it takes no `{arg}`; got {arg}={zeros!r}. Drop `{arg}`, or pass init='default' "
+        "to use your own initializers.")):
+      factory(H, init="pytorch", **{arg: zeros})
+  if name in ("lstm", "mgu"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"rnnjax.{name}: init='pytorch' draws the biases uniformly too and fills no "
+        "forget-gate bias; got forget_bias=2.0. Drop `forget_bias`, or pass init='default'.")):
+      factory(H, init="pytorch", forget_bias=2.0)
+  with pytest.raises(ValueError, match=re.escape(
+      f"rnnjax.{name}: `init` must be one of 'default', 'pytorch'; got init='torch'.")):
+    factory(H, init="torch")

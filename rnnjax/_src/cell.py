@@ -16,11 +16,14 @@ dimensions of `x` broadcast against the carry as `jnp` operations do.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 Carry = Any
@@ -30,8 +33,83 @@ ApplyFn = Callable[..., tuple[Carry, jax.Array]]
 Initializer = Callable[..., jax.Array]
 
 
-class Cell(NamedTuple):
+class Identified:
+  """Equality, hash and repr by the factory call that built the object (see `factory`).
+
+  Mixed into `Cell` and `Layer` (tuples of functions). An object that a
+  `factory` built carries its call, `(name, ((argument, value), ...))`, and
+  compares and hashes by it, so two cells built alike are equal (and `jit`'s
+  cache for static arguments hits) although their functions are distinct
+  closures. Any other object (a user-written `Cell(init, initial_carry, apply)`,
+  or a built one after `_replace`, which may compute something else) has no call
+  and compares as a tuple of its functions, by their identity, as it always did.
+
+  As a pytree, a built object is a node without leaves that holds itself as
+  static data: `jax.tree_util.tree_leaves(lstm(8)) == []`, a `tree_map` gives it
+  back unchanged, and `jax.jit` or `equinox.filter_jit` take it as an ordinary
+  argument and cache by its call. A user-written one flattens to its functions,
+  as the `NamedTuple` it is.
+  """
+
+  __slots__ = ()
+  _call: tuple[str, tuple[tuple[str, Any], ...]] | None = None
+  _text: str = ""
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    if Identified in cls.__bases__:
+      jax.tree_util.register_pytree_with_keys(
+          cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten)
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, tuple):
+      return NotImplemented
+    mine, theirs = self._call, getattr(other, "_call", None)
+    if mine is None and theirs is None:
+      return tuple.__eq__(self, other)
+    return type(self) is type(other) and mine == theirs
+
+  def __ne__(self, other: object) -> bool:
+    equal = self.__eq__(other)
+    return equal if equal is NotImplemented else not equal
+
+  def __hash__(self) -> int:
+    return tuple.__hash__(self) if self._call is None else hash(self._call)
+
+  def __repr__(self) -> str:
+    return super().__repr__() if self._call is None else self._text
+
+
+def _flatten(obj: Identified) -> tuple[tuple[Any, ...], Any]:
+  return ((), obj) if obj._call is not None else (tuple(obj), None)
+
+
+def _flatten_with_keys(obj: Identified) -> tuple[tuple[Any, ...], Any]:
+  if obj._call is not None:
+    return (), obj
+  keys = (jax.tree_util.GetAttrKey(name) for name in obj._fields)
+  return tuple(zip(keys, obj, strict=True)), None
+
+
+def _unflatten(cls: type, built: Any, children: Any) -> Any:
+  return built if built is not None else cls(*children)
+
+
+class _CellFields(NamedTuple):
+  init: InitFn
+  initial_carry: InitialCarryFn
+  apply: ApplyFn
+  input_size: Callable[[Params], int] | None = None
+
+
+class Cell(Identified, _CellFields):
   """One recurrent step as pure functions.
+
+  A `NamedTuple` `Cell(init, initial_carry, apply, input_size=None)`. The cells
+  that rnnjax's factories build print as their factory call
+  (`lstm(hidden_size=32)`) and compare and hash by it, so that a new but equal
+  cell hits `jax.jit`'s cache; a user-written `Cell` compares by the identity of
+  its functions, as a tuple of them does.
 
   Attributes:
     init: `init(key, input_size) -> params`, a pytree of arrays.
@@ -50,10 +128,92 @@ class Cell(NamedTuple):
       a user-written cell may leave it `None`.
   """
 
-  init: InitFn
-  initial_carry: InitialCarryFn
-  apply: ApplyFn
-  input_size: Callable[[Params], int] | None = None
+
+class _Same:
+  """An argument compared and hashed by identity (an initializer function, an array)."""
+
+  __slots__ = ("value",)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Same) and other.value is self.value
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+  def __repr__(self) -> str:
+    return repr(self.value)
+
+
+def _normalised(name: str, value: Any) -> Any:
+  """`value` as it enters a factory's identity: equal values compare equal, others by identity."""
+  if name.endswith("dtype") and value is not None:
+    try:
+      return jnp.dtype(value)  # "float32", jnp.float32 and np.dtype("float32") alike
+    except TypeError:
+      return _Same(value)
+  if value is None or isinstance(value, (bool, int, float, complex, str)):
+    return value
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, Identified):
+    try:
+      hash(value)
+      return value
+    except TypeError:
+      return _Same(value)
+  if isinstance(value, (list, tuple)):
+    return tuple(_normalised(name, v) for v in value)
+  return _Same(value)
+
+
+def _shown(value: Any) -> str:
+  if isinstance(value, np.dtype):
+    return repr(value.name)
+  if isinstance(value, tuple) and not isinstance(value, Identified):
+    items = [_shown(v) for v in value]
+    return f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+  return repr(value)
+
+
+def factory(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """Gives the `Cell`s and `Layer`s that `fn` returns an identity: `fn`'s name and its arguments.
+
+  The built object prints as the call (`lstm(hidden_size=32)`, only the
+  arguments that differ from their defaults) and compares and hashes by the
+  name and every argument, normalised: `lstm(8) == lstm(hidden_size=8,
+  dtype="float32")`; numbers and strings by value, dtypes as `jnp.dtype`,
+  sequences item by item, cells by their own identity, and anything else
+  (initializer functions, arrays, unhashable objects) by identity. A fresh but
+  equal cell passed to `jax.jit` as a static argument therefore hits the
+  compilation cache. Equal cells run the same code: the factory's closures
+  depend on nothing but these arguments, and each carries the same fast paths.
+
+  Caching the objects per call (`functools.lru_cache`, so `lstm(8) is lstm(8)`)
+  would do the same for hashable arguments, but keeps every cell ever built
+  alive and fails on unhashable ones; comparing by the call does neither.
+  """
+  signature = inspect.signature(fn)
+  name = fn.__name__
+
+  @functools.wraps(fn)
+  def build(*args: Any, **kwargs: Any) -> Any:
+    made = fn(*args, **kwargs)
+    given = signature.bind(*args, **kwargs).arguments
+    call, shown = [], []
+    for param in signature.parameters.values():
+      value = _normalised(param.name, given.get(param.name, param.default))
+      call.append((param.name, value))
+      if param.default is param.empty or value != _normalised(param.name, param.default):
+        shown.append(f"{param.name}={_shown(value)}")
+    made = type(made)._make(made)
+    made._call = (name, tuple(call))
+    made._text = f"{name}({', '.join(shown)})"
+    return made
+
+  return build
 
 
 def output_size(cell: Cell, params: Params, input_size: int) -> int:

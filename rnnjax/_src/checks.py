@@ -102,26 +102,57 @@ def optimizer(fn: str, value: Any) -> Any:
   return value
 
 
-def sequence_input(fn: str, xs: Any, input_size: int | None) -> tuple[int, tuple[int, ...]]:
-  """Checks `xs: [T, ..., I]`; returns `(T, batch_shape)`."""
+def sequence_input(fn: str, xs: Any, input_size: int | None, *, time_major: bool = True,
+                   name: str = "xs") -> tuple[int, tuple[int, ...]]:
+  """Checks `xs: [T, ..., I]` (`[..., T, I]` unless `time_major`); returns `(T, batch_shape)`."""
   shape = getattr(xs, "shape", None)
+  layout = "[T, ..., I]" if time_major else "[..., T, I]"
   if shape is None:
-    raise TypeError(f"{fn}: `xs` must be an array of shape [T, ..., I], got {type(xs).__name__}.")
+    raise TypeError(f"{fn}: `{name}` must be an array of shape {layout}, got {type(xs).__name__}.")
   if len(shape) < 2:
+    order = ("time first, features last" if time_major
+             else "time_major=False: time just before the features")
     raise ValueError(
-        f"{fn}: `xs` must have rank >= 2 with shape [T, ..., I] (time first, features "
-        f"last), got rank {len(shape)} (xs.shape={tuple(shape)}). For a single sequence "
-        "without batch use shape [T, I]; for one step call `cell.apply` directly."
+        f"{fn}: `{name}` must have rank >= 2 with shape {layout} ({order}), got rank "
+        f"{len(shape)} ({name}.shape={tuple(shape)}). For a single sequence without batch use "
+        "shape [T, I]; for one step call `cell.apply` directly."
     )
   if input_size is not None and shape[-1] != input_size:
     raise ValueError(
-        f"{fn}: xs has feature size {shape[-1]} but params were made for "
-        f"input_size={input_size} (xs.shape={tuple(shape)}). Check that the last axis "
-        "of xs holds the features, or re-run `cell.init` with the right input_size."
+        f"{fn}: {name} has feature size {shape[-1]} but params were made for "
+        f"input_size={input_size} ({name}.shape={tuple(shape)}). Check that the last axis "
+        f"of {name} holds the features, or re-run `cell.init` with the right input_size."
     )
-  if shape[0] == 0:
-    raise ValueError(f"{fn}: `xs` must have at least one time step, got xs.shape={tuple(shape)}.")
-  return int(shape[0]), tuple(int(d) for d in shape[1:-1])
+  num_steps = int(shape[0] if time_major else shape[-2])
+  if num_steps == 0:
+    raise ValueError(
+        f"{fn}: `{name}` must have at least one time step, got {name}.shape={tuple(shape)}.")
+  batch = shape[1:-1] if time_major else shape[:-2]
+  return num_steps, tuple(int(d) for d in batch)
+
+
+def layout_hint(arg: str, got: tuple[int, ...], xs_shape: Any, time_major: bool, *,
+                xs_name: str = "xs", features: bool = True) -> str:
+  """A sentence if `got`, the shape of `arg` (`resets`, else lengths-like), fits the other
+  layout of xs (`features`: xs has a trailing feature axis); "" otherwise."""
+  seq = () if xs_shape is None else tuple(int(d) for d in xs_shape[:len(xs_shape) - features])
+  if len(seq) < 2:
+    return ""
+  now, other = ("time-major", "batch-major") if time_major else ("batch-major", "time-major")
+  flag = f"time_major={not time_major}"
+  if arg == "resets":
+    if tuple(got) != ((*seq[1:], seq[0]) if time_major else (seq[-1], *seq[:-1])):
+      return ""
+    return (f" resets looks {other} while {xs_name} ({xs_name}.shape={tuple(xs_shape)}) is "
+            f"read as {now}; resets follow its layout: transpose them with jnp.moveaxis(resets, "
+            f"{'-1, 0' if time_major else '0, -1'}), or, if {xs_name} is {other}, pass {flag}.")
+  if tuple(got) != (seq[:-1] if time_major else seq[1:]):
+    return ""
+  t_axis = -1 - features
+  move = f"{t_axis}, 0" if time_major else f"0, {t_axis}"
+  return (f" {xs_name} looks {other}: {arg}.shape matches the batch axes of a {other} "
+          f"{xs_name} ({xs_name}.shape={tuple(xs_shape)}). Pass {flag}, or transpose "
+          f"{xs_name} with jnp.moveaxis({xs_name}, {move}).")
 
 
 def step_input(fn: str, x: Any, input_size: int | None, dtype: Any = None) -> None:
@@ -140,37 +171,46 @@ def step_input(fn: str, x: Any, input_size: int | None, dtype: Any = None) -> No
   input_dtype(fn, "x", x, dtype)
 
 
-def lengths(fn: str, lengths: Any, num_steps: int, batch_shape: tuple[int, ...]) -> jax.Array:
-  """Checks `lengths: [...]` integers in [0, T]; the value check runs only on concrete arrays."""
+def lengths(fn: str, lengths: Any, num_steps: int, batch_shape: tuple[int, ...], *,
+            xs_shape: Any = None, time_major: bool = True, name: str = "lengths",
+            xs_name: str = "xs", features: bool = True) -> jax.Array:
+  """Checks `lengths: [...]` integers in [0, T] (values only when concrete); `layout_hint`
+  on a shape that fits `xs_shape` in the other layout."""
   arr = lengths if isinstance(lengths, jax.Array) else np.asarray(lengths)
   if tuple(arr.shape) != batch_shape:
+    layout = "[T, ...batch, I]" if time_major else "[...batch, T, I], time_major=False"
+    hint = layout_hint(name, tuple(arr.shape), xs_shape, time_major, xs_name=xs_name,
+                       features=features)
     raise ValueError(
-        f"{fn}: `lengths` must have the batch shape of xs, {batch_shape} (xs is "
-        f"[T, ...batch, I]), got lengths.shape={tuple(arr.shape)}."
+        f"{fn}: `{name}` must have the batch shape of {xs_name}, {batch_shape} ({xs_name} is "
+        f"{layout}), got {name}.shape={tuple(arr.shape)}.{hint}"
     )
   if not jnp.issubdtype(arr.dtype, jnp.integer):
     raise TypeError(
-        f"{fn}: `lengths` must have an integer dtype, got dtype={arr.dtype}. "
-        "Convert with lengths.astype(jnp.int32)."
+        f"{fn}: `{name}` must have an integer dtype, got dtype={arr.dtype}. "
+        f"Convert with {name}.astype(jnp.int32)."
     )
   if _is_concrete(arr) and arr.size:
     lo, hi = int(np.min(np.asarray(arr))), int(np.max(np.asarray(arr)))
     if lo < 0 or hi > num_steps:
       raise ValueError(
-          f"{fn}: `lengths` must lie in [0, T] = [0, {num_steps}], got values from "
+          f"{fn}: `{name}` must lie in [0, T] = [0, {num_steps}], got values from "
           f"{lo} to {hi}."
       )
   return jnp.asarray(arr)
 
 
-def resets(fn: str, resets: Any, num_steps: int, batch_shape: tuple[int, ...]) -> jax.Array:
-  """Checks `resets: [T, ...]` booleans."""
+def resets(fn: str, resets: Any, num_steps: int, batch_shape: tuple[int, ...], *,
+           xs_shape: Any = None, time_major: bool = True) -> jax.Array:
+  """Checks `resets: [T, ...]` booleans (`[..., T]` unless `time_major`)."""
   arr = resets if isinstance(resets, jax.Array) else np.asarray(resets)
-  expected = (num_steps, *batch_shape)
+  expected, layout = (((num_steps, *batch_shape), "[T, ...batch]") if time_major
+                      else ((*batch_shape, num_steps), "[...batch, T]"))
   if tuple(arr.shape) != expected:
+    hint = layout_hint("resets", tuple(arr.shape), xs_shape, time_major)
     raise ValueError(
-        f"{fn}: `resets` must have shape [T, ...batch] = {expected}, got "
-        f"resets.shape={tuple(arr.shape)}."
+        f"{fn}: `resets` must have shape {layout} = {expected}, got "
+        f"resets.shape={tuple(arr.shape)}.{hint}"
     )
   if arr.dtype != jnp.bool_:
     raise TypeError(

@@ -22,21 +22,29 @@ from rnnjax._src import unroll as unroll_lib
 Cell = cell_lib.Cell
 
 
-class Layer(NamedTuple):
-  """A recurrent layer over whole sequences, as pure functions.
-
-  Attributes:
-    init: `init(key, input_size) -> params`.
-    initial_carry: `initial_carry(params, batch_shape=()) -> carry`.
-    apply: `apply(params, xs, carry=None, *, lengths=None, resets=None, key=None)
-      -> (ys, final_carry)`, with `xs: [T, ..., I]` and the semantics of `rnnjax.unroll`.
-    input_size: optional `input_size(params) -> int`.
-  """
-
+class _LayerFields(NamedTuple):
   init: Callable[[jax.Array, int], Any]
   initial_carry: Callable[..., Any]
   apply: Callable[..., tuple[Any, Any]]
   input_size: Callable[[Any], int | None] | None = None
+
+
+class Layer(cell_lib.Identified, _LayerFields):
+  """A recurrent layer over whole sequences, as pure functions.
+
+  A `NamedTuple` `Layer(init, initial_carry, apply, input_size=None)`. The
+  layers that `rnn`, `stack` and `bidirectional` build print as that call and
+  compare and hash by it, as the built-in cells do (see `rnnjax.Cell`).
+
+  Attributes:
+    init: `init(key, input_size) -> params`.
+    initial_carry: `initial_carry(params, batch_shape=()) -> carry`.
+    apply: `apply(params, xs, carry=None, *, lengths=None, resets=None, key=None,
+      time_major=True) -> (ys, final_carry)`, with `xs: [T, ..., I]` (`[..., T, I]`
+      with `time_major=False`) and the semantics of `rnnjax.unroll`. Layers built by
+      `rnn`, `stack` and `bidirectional` take `time_major`; your own may omit it.
+    input_size: optional `input_size(params) -> int`.
+  """
 
 
 class BidirectionalParams(NamedTuple):
@@ -63,6 +71,7 @@ def output_size(module: Cell | Layer, params: Any, input_size: int) -> int:
   return int(ys.shape[-1])
 
 
+@cell_lib.factory
 def rnn(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1,
         remat: int | bool = False) -> Layer:
   """A `Layer` that runs `cell` over time with `rnnjax.unroll` (like Flax's `nn.RNN`).
@@ -84,9 +93,10 @@ def rnn(cell: Cell, *, reverse: bool = False, unroll: int | bool = 1,
   if not isinstance(cell, Cell):
     raise TypeError(f"rnnjax.rnn: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
 
-  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, time_major=True):
     return unroll_lib.unroll(cell, params, xs, carry, lengths=lengths, resets=resets,
-                             reverse=reverse, unroll=unroll, remat=remat, key=key)
+                             reverse=reverse, unroll=unroll, remat=remat, key=key,
+                             time_major=time_major)
 
   return Layer(cell.init, cell.initial_carry, apply, input_size=cell.input_size)
 
@@ -222,8 +232,14 @@ def _stack_sequence(fn: str, layers: tuple[Layer, ...], rate: float) -> Callable
   """The `apply` of a stack of layers: each layer over the whole sequence, bottom to top."""
   n = len(layers)
 
-  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, time_major=True):
     checks.sequence_params(f"{fn}.apply", params, n)
+    if not checks.boolean(f"{fn}.apply", "time_major", time_major):
+      # Checked as given (messages quote the caller's shapes), then run time-major.
+      xs_t, lengths, resets = unroll_lib.batch_major_input(
+          f"{fn}.apply", xs, _input_size(layers[0], params[0]), lengths, resets)
+      ys, carry = apply(params, xs_t, carry, lengths=lengths, resets=resets, key=key)
+      return unroll_lib.from_time_major(ys, len(xs.shape) - 2), carry
     if carry is None:
       carry = (None,) * n
     else:
@@ -239,6 +255,7 @@ def _stack_sequence(fn: str, layers: tuple[Layer, ...], rate: float) -> Callable
   return apply
 
 
+@cell_lib.factory
 def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Layer:
   """Composes cells or layers, each feeding its outputs to the next (PyTorch's `num_layers`).
 
@@ -288,6 +305,7 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
   return Layer(init, initial_carry, _stack_sequence(fn, layers, rate), input_size=input_size)
 
 
+@cell_lib.factory
 def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
                   unroll: int | bool = 1, remat: int | bool = False) -> Layer:
   """Runs `forward` over each sequence and `backward` over it reversed, and merges the outputs.
@@ -342,7 +360,7 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
     return BidirectionalState(forward.initial_carry(params.forward, batch_shape),
                               backward.initial_carry(params.backward, batch_shape))
 
-  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None):
+  def apply(params, xs, carry=None, *, lengths=None, resets=None, key=None, time_major=True):
     checks.params(f"{fn}.apply", params, BidirectionalParams, made_by=fn)
     checks.key(f"{fn}.apply", "key", key, optional=True)
     if carry is None:
@@ -352,7 +370,8 @@ def bidirectional(forward: Cell, backward: Cell, *, merge: str = "concat",
           f"{fn}.apply: `carry` must be a BidirectionalState(forward, backward), got "
           f"{type(carry).__name__}. Build it with `layer.initial_carry(params, batch_shape)`.")
     k_f, k_b = (None, None) if key is None else jax.random.split(key)
-    opts = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat)
+    opts = dict(lengths=lengths, resets=resets, unroll=unroll, remat=remat,
+                time_major=time_major)
     ys_f, c_f = unroll_lib.unroll(forward, params.forward, xs, carry.forward, key=k_f, **opts)
     ys_b, c_b = unroll_lib.unroll(backward, params.backward, xs, carry.backward, key=k_b,
                                   reverse=True, **opts)

@@ -31,8 +31,9 @@ class SequenceModelParams(NamedTuple):
 
 class SequenceModel(NamedTuple):
   """`init(key) -> params`, `initial_carry(params, batch_shape)`, and
-  `apply(params, xs, carry=None, *, lengths=None, key=None, tbptt=None) -> (preds, carry)`
-  with `xs: [T, B, I]` floats or `[T, B]` token ids, `preds: [T, B, O]`."""
+  `apply(params, xs, carry=None, *, lengths=None, key=None, tbptt=None, time_major=True)
+  -> (preds, carry)` with `xs: [T, B, I]` floats or `[T, B]` token ids, `preds: [T, B, O]`
+  (`[B, T, I]`, `[B, T]` and `[B, T, O]` with `time_major=False`)."""
 
   init: Callable[[jax.Array], SequenceModelParams]
   initial_carry: Callable[..., Any]
@@ -63,6 +64,10 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       `"chunked"` (`parallel_unroll`; the core must be linear). The engines give
       the same answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a
       `key`) run sequentially: `"auto"` falls back, `"parallel"`/`"chunked"` refuse.
+
+  `apply` takes `time_major=False` for batch-major inputs (`[B, T, I]` floats or
+  `[B, T]` token ids; `lengths` stays `[B]`) and then returns `[B, T, O]`, as
+  moving the time axis by hand would.
 
   Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
@@ -110,15 +115,18 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
 
   def apply(params: SequenceModelParams, xs: jax.Array, carry: Any = None, *,
             lengths: jax.Array | None = None, key: jax.Array | None = None,
-            tbptt: int | None = None) -> tuple[jax.Array, Any]:
+            tbptt: int | None = None, time_major: bool = True) -> tuple[jax.Array, Any]:
     checks.params(f"{fn}.apply", params, SequenceModelParams, made_by=fn)
+    time_major = checks.boolean(f"{fn}.apply", "time_major", time_major)
     if params.embed is not None:
-      xs = embed_tokens(f"{fn}.apply", params.embed, xs, lengths)
+      xs = embed_tokens(f"{fn}.apply", params.embed, xs, lengths, time_major=time_major)
     elif jnp.issubdtype(getattr(xs, "dtype", jnp.float32), jnp.integer):
       raise TypeError(
           f"{fn}.apply: `xs` holds integers (dtype {xs.dtype}), but the model has no "
           "vocabulary: build it with vocab_size=... for token ids, or pass float features "
           f"[T, B, input_size={core_in}].")
+    if not time_major:  # Checked as given (messages quote the caller's shapes).
+      xs, lengths, _ = unroll_lib.batch_major_input(f"{fn}.apply", xs, core_in, lengths, None)
     run = model_engine(core, engine, tbptt=tbptt, key_given=key is not None,
                        fn=f"{fn}.apply")
     if tbptt is not None:
@@ -133,13 +141,17 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
     else:
       hs, carry = core.apply(params.core, xs, carry, lengths=lengths, key=key)
-    return hs @ params.w_out + params.b_out, carry
+    preds = hs @ params.w_out + params.b_out
+    return (preds if time_major else unroll_lib.from_time_major(preds, preds.ndim - 2)), carry
 
   return SequenceModel(init, initial_carry, apply)
 
 
-def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any) -> jax.Array:
+def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any, *,
+                 time_major: bool = True) -> jax.Array:
   """`embed[ids]`: token ids `[T, ...]` -> `[T, ..., E]`, reading valid steps only.
+
+  With `time_major=False`, `[..., T]` -> `[..., T, E]` (`lengths: [...]` either way).
 
   Ids are checked to lie in `[0, V)` where `ids` (and `lengths`) are concrete; under
   `jit` an id outside that range at a valid step gives a NaN embedding (negative
@@ -156,14 +168,20 @@ def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any) -> jax.Array
         f"{fn}: `xs` must hold integer token ids (the model has vocab_size={vocab}), got "
         f"dtype {dtype} (xs.shape={tuple(ids.shape)}). Convert ids with xs.astype(jnp.int32); "
         "for float features build the model without vocab_size.")
-  if ids.ndim < 1 or ids.shape[0] == 0:
-    raise ValueError(f"{fn}: `xs` must be token ids of shape [T, ...] with T >= 1, got "
+  if ids.ndim < 1 or ids.shape[0 if time_major else -1] == 0:
+    layout = "[T, ...]" if time_major else "[..., T]"
+    raise ValueError(f"{fn}: `xs` must be token ids of shape {layout} with T >= 1, got "
                      f"xs.shape={tuple(ids.shape)}.")
   valid = None
   if lengths is not None:
-    lengths = checks.lengths(fn, lengths, ids.shape[0], tuple(ids.shape[1:]))
-    time = jnp.arange(ids.shape[0], dtype=jnp.int32).reshape((-1,) + (1,) * (ids.ndim - 1))
-    valid = time < jnp.clip(lengths, 0, ids.shape[0]).astype(jnp.int32)
+    num_steps, batch = ((ids.shape[0], ids.shape[1:]) if time_major
+                        else (ids.shape[-1], ids.shape[:-1]))
+    lengths = checks.lengths(fn, lengths, num_steps, tuple(batch), xs_shape=ids.shape,
+                             time_major=time_major, features=False)
+    time = jnp.arange(num_steps, dtype=jnp.int32)
+    lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
+    valid = (time.reshape((-1,) + (1,) * len(batch)) < lengths if time_major
+             else time < lengths[..., None])
   if not isinstance(ids, jax.core.Tracer) and not isinstance(valid, jax.core.Tracer):
     host = np.asarray(ids)
     bad = (host < 0) | (host >= vocab)

@@ -166,8 +166,8 @@ def auto_engine(num_steps: int, backend: str | None = None) -> str:
 def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
                     lengths: jax.Array | None = None, resets: jax.Array | None = None,
                     reverse: bool = False, engine: str = "auto",
-                    chunk: int = DEFAULT_CHUNK, _perturbation: jax.Array | None = None
-                    ) -> tuple[jax.Array, Any]:
+                    chunk: int = DEFAULT_CHUNK, time_major: bool = True,
+                    _perturbation: jax.Array | None = None) -> tuple[jax.Array, Any]:
   """`unroll` for linear cells, as a sequential, parallel or chunked scan; same answers.
 
   Same signature and semantics as `rnnjax.unroll` (initial carry, `lengths`,
@@ -186,10 +186,12 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   Args:
     cell: a linear cell, or a `stack` of them.
     params: the cell's params.
-    xs: `[T, ..., I]`, time first, as in `rnnjax.unroll`.
+    xs: `[T, ..., I]`, time first, as in `rnnjax.unroll` (`[..., T, I]` with
+      `time_major=False`).
     carry: the initial carry, or None for `cell.initial_carry`.
     lengths: `int [...]` valid steps per sequence, or None (as in `rnnjax.unroll`).
-    resets: `bool [T, ...]`, or None (as in `rnnjax.unroll`).
+    resets: `bool [T, ...]` (`[..., T]` with `time_major=False`), or None (as in
+      `rnnjax.unroll`).
     reverse: run each sequence backwards over its valid steps (as in `rnnjax.unroll`).
     engine: `"sequential"` (`lax.scan` over `cell.apply`, i.e. `unroll`),
       `"parallel"` (one `associative_scan` over all `T` steps: depth `log T`,
@@ -197,6 +199,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
       `associative_scan` inside each), or `"auto"`: the fastest for this backend
       and `T`, from measurements (`rnnjax.auto_engine`).
     chunk: the chunk length of `"chunked"`, a positive integer.
+    time_major: the layout of `xs`, `resets` and `ys`, as in `rnnjax.unroll`.
 
   Returns:
     `(ys, final_carry)`, as `unroll`.
@@ -212,7 +215,15 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     True
   """
   recurrence, stacked, chunk = _check_options(cell, engine, chunk)
-  num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
+  if not checks.boolean(_FN, "time_major", time_major):
+    # Checked as given (so messages quote the caller's shapes), then run time-major.
+    xs_t, _, _, carry, lengths, resets = unroll_lib.check_sequence(
+        _FN, cell, params, xs, carry, lengths, resets, time_major=False)
+    ys, carry = parallel_unroll(cell, params, xs_t, carry, lengths=lengths, resets=resets,
+                                reverse=reverse, engine=engine, chunk=chunk,
+                                _perturbation=_perturbation)
+    return unroll_lib.from_time_major(ys, len(xs.shape) - 2), carry
+  xs, num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
   if engine == "auto":
     engine = auto_engine(num_steps)

@@ -37,14 +37,16 @@ def _take_time(tree: Any, idx: jax.Array) -> Any:
 
 
 def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any,
-                   lengths: jax.Array | None, resets: jax.Array | None
-                   ) -> tuple[int, tuple[int, ...], Any, jax.Array | None, jax.Array | None]:
-  """The input checks of every engine: `(num_steps, batch_shape, carry, lengths, resets)`.
+                   lengths: jax.Array | None, resets: jax.Array | None, *,
+                   time_major: bool = True) -> tuple[jax.Array, int, tuple[int, ...], Any,
+                                                     jax.Array | None, jax.Array | None]:
+  """The input checks of every engine: `(xs, num_steps, batch_shape, carry, lengths, resets)`.
 
-  `xs` must be `[T, *batch, I]` with the cell's input size and the params' dtype
-  (when the params have one floating dtype); a missing carry becomes the cell's
-  initial carry, a given one must match its structure, shapes and dtypes;
-  `lengths` and `resets` are checked against `T` and the batch shape.
+  `xs` must be `[T, *batch, I]` (`[*batch, T, I]` unless `time_major`) with the cell's input
+  size and the params' dtype (when the params have one floating dtype); a missing carry
+  becomes the cell's initial carry, a given one must match its structure, shapes and dtypes;
+  `lengths` and `resets` (in xs's layout) are checked against `T` and the batch shape.
+  Messages quote the shapes as given; `xs` and `resets` come back time-major.
   """
   if not isinstance(cell, cell_lib.Cell):
     hint = (" A Layer runs over whole sequences by itself: call `layer.apply(params, xs)`."
@@ -53,6 +55,8 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
         f"{fn}: `cell` must be an rnnjax.Cell (e.g. rnnjax.lstm(64) or a stack of cells), got "
         f"{type(cell).__name__}.{hint}")
   in_size = cell.input_size(params) if cell.input_size is not None else None
+  if not time_major:
+    xs, lengths, resets = batch_major_input(fn, xs, in_size, lengths, resets)
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
   checks.input_dtype(fn, "xs", xs, checks.params_dtype(params))
   if carry is None:
@@ -60,10 +64,31 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
   else:
     checks.carry(fn, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
   if lengths is not None:
-    lengths = checks.lengths(fn, lengths, num_steps, batch_shape)
+    lengths = checks.lengths(fn, lengths, num_steps, batch_shape, xs_shape=xs.shape)
   if resets is not None:
-    resets = checks.resets(fn, resets, num_steps, batch_shape)
-  return num_steps, batch_shape, carry, lengths, resets
+    resets = checks.resets(fn, resets, num_steps, batch_shape, xs_shape=xs.shape)
+  return xs, num_steps, batch_shape, carry, lengths, resets
+
+
+def batch_major_input(fn: str, xs: Any, input_size: int | None, lengths: Any, resets: Any, *,
+                      xs_name: str = "xs", lengths_name: str = "lengths"
+                      ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+  """Checks batch-major `xs: [..., T, I]`, `lengths: [...]` and `resets: [..., T]` as given
+  (so messages quote the caller's shapes); returns `(xs, lengths, resets)` time-major."""
+  num_steps, batch_shape = checks.sequence_input(fn, xs, input_size, time_major=False,
+                                                 name=xs_name)
+  layout = dict(xs_shape=xs.shape, time_major=False)
+  if lengths is not None:
+    lengths = checks.lengths(fn, lengths, num_steps, batch_shape, name=lengths_name,
+                             xs_name=xs_name, **layout)
+  if resets is not None:
+    resets = jnp.moveaxis(checks.resets(fn, resets, num_steps, batch_shape, **layout), -1, 0)
+  return jnp.moveaxis(xs, -2, 0), lengths, resets
+
+
+def from_time_major(ys: Any, batch_ndim: int) -> Any:
+  """Time-major outputs, leaves `[T, *batch, ...]`, moved to `[*batch, T, ...]`."""
+  return jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, batch_ndim), ys)
 
 
 def time_masks(xs: jax.Array, num_steps: int, batch_shape: tuple[int, ...],
@@ -157,12 +182,15 @@ def _scan(step, carry, inputs, num_steps: int, *, reverse: bool, unroll: int | b
 def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
            lengths: jax.Array | None = None, resets: jax.Array | None = None,
            reverse: bool = False, unroll: int | bool = 1, remat: int | bool = False,
-           key: jax.Array | None = None, fused: bool = True) -> tuple[Any, Any]:
+           key: jax.Array | None = None, fused: bool = True,
+           time_major: bool = True) -> tuple[Any, Any]:
   """Runs `cell` over the time axis of `xs`; returns `(ys, final_carry)`.
 
   Type signature, with `c` the carry, `x` one step of input and `y` one output::
 
     unroll :: Cell -> params -> [T, ..., I] -> c -> ([T, ..., O], c)
+
+  (`[..., T, I] -> ([..., T, O], c)` with `time_major=False`.)
 
   Without options it is equivalent to this Python loop::
 
@@ -179,8 +207,9 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     cell: a `Cell` (a built-in cell, a `stack`, or your own).
     params: the cell's params, from `cell.init`.
     xs: `[T, ..., I]`, time first; the middle axes are batch axes (any number, also none).
+      With `time_major=False`, `[..., T, I]`: batch axes first, time just before the features.
     carry: the carry before the first step, leaves `[..., *state]`; defaults to
-      `cell.initial_carry(params, xs.shape[1:-1])`.
+      `cell.initial_carry(params, batch_shape)` (`batch_shape` the batch axes of `xs`).
     lengths: optional integer `[...]`, the number of valid steps of each sequence
       (in `[0, T]`). Steps at or after a sequence's length leave its carry
       unchanged and give zero outputs, so `final_carry` is the carry after its
@@ -189,8 +218,9 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       the cell's arithmetic: their inputs are replaced by zeros first, so
       whatever the padding holds (NaN, inf, 1e30) leaves outputs, carries and
       gradients unchanged, and the gradient for `xs` there is exactly zero.
-    resets: optional bool `[T, ...]`; `resets[t]` marks the first step of a new
-      segment (an episode boundary, or the start of the next packed sequence):
+    resets: optional bool `[T, ...]` (`[..., T]` with `time_major=False`);
+      `resets[t]` marks the first step of a new segment (an episode boundary,
+      or the start of the next packed sequence):
       that element's carry is set back to `cell.initial_carry(params)` (not to
       `carry`) before step `t`. Resets at padded steps have no effect.
     reverse: run each sequence backwards over its valid steps only: with lengths,
@@ -210,9 +240,13 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       It computes the same outputs and carries, and gradients whose weight terms
       are one large matrix product each instead of `T` small ones. `False`
       forces the generic `lax.scan` over `cell.apply`.
+    time_major: `True` (the default, as `lax.scan`): `xs` is `[T, ..., I]`; `False`:
+      `xs` is `[..., T, I]`, as Flax's `nn.RNN` defaults to (`[B, T, I]`). `resets`
+      follow `xs`'s layout, `lengths` is `[...]` either way, and `ys` come back in
+      `xs`'s layout. The same as moving the time axis by hand (`jnp.moveaxis`).
 
   Returns:
-    `(ys, final_carry)` with `ys: [T, ..., O]`.
+    `(ys, final_carry)` with `ys: [T, ..., O]` (`[..., T, O]` with `time_major=False`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, rnnjax
@@ -225,7 +259,14 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
     >>> bool((ys[5:, 1] == 0).all())                   # padding gives zeros
     True
   """
-  num_steps, batch_shape, carry, lengths, resets = check_sequence(
+  if not checks.boolean(_FN, "time_major", time_major):
+    # Checked as given (so messages quote the caller's shapes), then run time-major.
+    xs_t, _, _, carry, lengths, resets = check_sequence(_FN, cell, params, xs, carry, lengths,
+                                                        resets, time_major=False)
+    ys, carry = _unroll(cell, params, xs_t, carry, lengths=lengths, resets=resets,
+                        reverse=reverse, unroll=unroll, remat=remat, key=key, fused=fused)
+    return from_time_major(ys, len(xs.shape) - 2), carry
+  xs, num_steps, batch_shape, carry, lengths, resets = check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
   unroll = _check_unroll(unroll)
   remat = _check_remat(remat)
@@ -278,7 +319,8 @@ _unroll = unroll  # `truncated_unroll` has an argument named `unroll`.
 def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
                      chunk: int, lengths: jax.Array | None = None,
                      resets: jax.Array | None = None, unroll: int | bool = 1,
-                     remat: int | bool = False, key: jax.Array | None = None) -> tuple[Any, Any]:
+                     remat: int | bool = False, key: jax.Array | None = None,
+                     time_major: bool = True) -> tuple[Any, Any]:
   """`unroll` for truncated backpropagation through time: chunks of `chunk` steps.
 
   The carry flows from each chunk into the next, so the forward pass (outputs
@@ -292,14 +334,15 @@ def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any
   Args:
     cell: the cell, as in `unroll`.
     params: its params.
-    xs: `[T, ..., I]`, time first.
+    xs: `[T, ..., I]`, time first (`[..., T, I]` with `time_major=False`).
     carry: the initial carry, or None for `cell.initial_carry`.
     chunk: the truncation length, a positive integer.
     lengths: `int [...]` valid steps per sequence, or None.
-    resets: `bool [T, ...]`, or None.
+    resets: `bool [T, ...]` (`[..., T]` with `time_major=False`), or None.
     unroll: steps unrolled per loop iteration.
     remat: rematerialise each step in the backward pass.
     key: a PRNG key for stochastic cells, or None.
+    time_major: the layout of `xs`, `resets` and `ys`, as in `unroll`.
 
   Returns:
     `(ys, final_carry)`, as `unroll`.
@@ -315,18 +358,21 @@ def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any
   fn = "rnnjax.truncated_unroll"
   chunk = checks.positive_int(fn, "chunk", chunk)
   checks.key(fn, "key", key, optional=True)
+  time_major = checks.boolean(fn, "time_major", time_major)
   in_size = cell.input_size(params) if cell.input_size is not None else None
+  if not time_major:
+    xs, lengths, resets = batch_major_input(fn, xs, in_size, lengths, resets)
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
+  if lengths is not None:
+    lengths = checks.lengths(fn, lengths, num_steps, batch_shape, xs_shape=xs.shape)
+  if resets is not None:
+    resets = checks.resets(fn, resets, num_steps, batch_shape, xs_shape=xs.shape)
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
   n_chunks = -(-num_steps // chunk)
   pad = n_chunks * chunk - num_steps
-  if lengths is not None:
-    lengths = checks.lengths(fn, lengths, num_steps, batch_shape)
-  elif pad:  # Mask the padding that makes T a multiple of `chunk`.
+  if lengths is None and pad:  # Mask the padding that makes T a multiple of `chunk`.
     lengths = jnp.full(batch_shape, num_steps, jnp.int32)
-  if resets is not None:
-    resets = checks.resets(fn, resets, num_steps, batch_shape)
 
   def split(v, fill):
     v = jnp.concatenate([v, jnp.full((pad, *v.shape[1:]), fill, v.dtype)]) if pad else v
@@ -351,4 +397,4 @@ def truncated_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any
   carry, ys = jax.lax.scan(body, carry, inputs)
   ys = jax.tree_util.tree_map(lambda v: v.reshape((n_chunks * chunk, *v.shape[2:]))[:num_steps],
                               ys)
-  return ys, carry
+  return (ys if time_major else from_time_major(ys, len(batch_shape))), carry

@@ -34,6 +34,7 @@ from flax import linen as nn
 from flax import nnx
 
 from rnnjax._src import checks
+from rnnjax._src import unroll as unroll_lib
 from rnnjax._src.cell import Cell
 from rnnjax._src.layers import Layer, rnn
 
@@ -75,12 +76,15 @@ def _run(fn: str, layer: Layer, params: Any, inputs: Any, *, carry: Any, seq_len
     got = tuple(getattr(resets, "shape", jnp.shape(resets)))
     if got != tuple(shape[:-1]):
       want = "[T, *batch]" if time_major else "[*batch, T]"
+      hint = checks.layout_hint("resets", got, tuple(shape), time_major, xs_name="inputs")
       raise ValueError(
           f"{fn}: `resets` must have the shape of inputs without the feature axis, {want} = "
-          f"{tuple(shape[:-1])}, got resets.shape={got}.")
-  xs = inputs if time_major else jnp.moveaxis(inputs, -2, 0)
-  if resets is not None and not time_major:
-    resets = jnp.moveaxis(jnp.asarray(resets), -1, 0)
+          f"{tuple(shape[:-1])}, got resets.shape={got}.{hint}")
+  xs = inputs
+  if not time_major:  # Checked as given (messages quote the caller's shapes), then transposed.
+    in_size = layer.input_size(params) if layer.input_size is not None else None
+    xs, seq_lengths, resets = unroll_lib.batch_major_input(
+        fn, inputs, in_size, seq_lengths, resets, xs_name="inputs", lengths_name="seq_lengths")
   kwargs = {name: value for name, value in
             (("lengths", seq_lengths), ("resets", resets), ("key", key)) if value is not None}
   ys, carry = layer.apply(params, xs, carry, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -17,11 +18,62 @@ class HiddenState(NamedTuple):
   h: jax.Array  # [..., H]
 
 
+INIT_SCHEMES = ("default", "pytorch")
+
+
 def resolve_inits(fn: str, kernel_init: Any, recurrent_init: Any) -> tuple[Any, Any]:
   kernel_init = checks.initializer(fn, "kernel_init", kernel_init)
   recurrent_init = checks.initializer(fn, "recurrent_init", recurrent_init)
   return (kernel_init or cell_lib.default_kernel_init(),
           recurrent_init or cell_lib.default_recurrent_init())
+
+
+def init_scheme(fn: str, init: Any, kernel_init: Any, recurrent_init: Any,
+                forget_bias: float = 1.0) -> bool:
+  """Checks a classic cell's `init` (`"default"` or `"pytorch"`); True for `"pytorch"`.
+
+  `"pytorch"` draws every weight and bias itself, so it takes no initializer and
+  no forget-gate bias: giving one as well is an error rather than a silent choice.
+  """
+  checks.choice(fn, "init", init, INIT_SCHEMES)
+  if init != "pytorch":
+    return False
+  for name, value in (("kernel_init", kernel_init), ("recurrent_init", recurrent_init)):
+    if value is not None:
+      raise ValueError(
+          f"{fn}: init='pytorch' draws every weight uniformly in ±1/sqrt(hidden_size), so it "
+          f"takes no `{name}`; got {name}={value!r}. Drop `{name}`, or pass init='default' "
+          f"to use your own initializers.")
+  if forget_bias != 1.0:
+    raise ValueError(
+        f"{fn}: init='pytorch' draws the biases uniformly too and fills no forget-gate bias; "
+        f"got forget_bias={forget_bias!r}. Drop `forget_bias`, or pass init='default'.")
+  return True
+
+
+def pytorch_uniform(hidden_size: int) -> cell_lib.Initializer:
+  """PyTorch's initializer for every RNN weight and bias: uniform in `±1/sqrt(hidden_size)`."""
+  bound = 1.0 / math.sqrt(hidden_size)
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def pytorch_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, gates: int, *,
+                    dtype: Any, use_bias: bool, recurrent_rows: int | None = None
+                    ) -> dict[str, jax.Array | None]:
+  """`gated_weights` drawn as PyTorch does: every weight and bias uniform in `±1/sqrt(H)`."""
+  input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
+  uniform = pytorch_uniform(hidden_size)
+  k_i, k_h, k_bi, k_bh = jax.random.split(key, 4)
+  size = gates * hidden_size
+  return dict(
+      w_i=cell_lib.draw(uniform, k_i, (input_size, size), dtype),
+      w_h=cell_lib.draw(uniform, k_h, (recurrent_rows or hidden_size, size), dtype),
+      b_i=cell_lib.draw(uniform, k_bi, (size,), dtype) if use_bias else None,
+      b_h=cell_lib.draw(uniform, k_bh, (size,), dtype) if use_bias else None)
 
 
 def hidden_initial_carry(params_h: jax.Array, batch_shape: tuple[int, ...] = ()) -> HiddenState:

@@ -25,8 +25,9 @@ class ElmanParams(NamedTuple):
 _NONLINEARITIES = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
+@cell_lib.factory
 def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True,
-          kernel_init: Any = None, recurrent_init: Any = None,
+          kernel_init: Any = None, recurrent_init: Any = None, init: str = "default",
           dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The Elman RNN cell (PyTorch's `nn.RNN`, Flax's `SimpleCell`).
 
@@ -43,6 +44,9 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
     use_bias: if False there are no biases (`b_i = b_h = None`, PyTorch's `bias=False`).
     kernel_init: initializer for `w_i: [I, H]` (a `jax.nn.initializers` function).
     recurrent_init: initializer for `w_h: [H, H]`.
+    init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
+      uniform in `±1/sqrt(H)`, as PyTorch's `nn.RNN` draws them, so that a port starts
+      from PyTorch's distribution. Takes no `kernel_init` or `recurrent_init`.
     dtype: dtype of the params and of the initial carry.
 
   Returns:
@@ -62,11 +66,15 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   checks.choice(fn, "nonlinearity", nonlinearity, tuple(_NONLINEARITIES))
   dtype = common.check_dtype(fn, dtype)
   act = _NONLINEARITIES[nonlinearity]
+  pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
   use_bias = checks.boolean(fn, "use_bias", use_bias)
 
-  def init(key: jax.Array, input_size: int) -> ElmanParams:
+  def init_params(key: jax.Array, input_size: int) -> ElmanParams:
     checks.key(f"{fn}.init", "key", key)
+    if pytorch:
+      return ElmanParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 1,
+                                                  dtype=dtype, use_bias=use_bias))
     return ElmanParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 1, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias))
@@ -84,4 +92,4 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
     return common.HiddenState(h=h), h
 
   input_size = common.input_size_of(fn, ElmanParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

@@ -25,8 +25,9 @@ class GRUParams(NamedTuple):
   b_h: jax.Array | None  # [3H]
 
 
+@cell_lib.factory
 def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
-        kernel_init: Any = None, recurrent_init: Any = None,
+        kernel_init: Any = None, recurrent_init: Any = None, init: str = "default",
         dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The gated recurrent unit (Cho et al. 2014; PyTorch's `nn.GRU`, Flax's `GRUCell`).
 
@@ -51,6 +52,9 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     use_bias: if False there are no biases (PyTorch's `bias=False`).
     kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
     recurrent_init: initializer for each gate's `[H, H]` block of `w_h`.
+    init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
+      uniform in `±1/sqrt(H)`, as PyTorch's `nn.GRU` draws them, so that a port starts
+      from PyTorch's distribution. Takes no `kernel_init` or `recurrent_init`.
     dtype: dtype of the params and of the initial carry.
 
   Returns:
@@ -68,11 +72,15 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   hidden_size = common.factory_sizes(fn, hidden_size)
   dtype = common.check_dtype(fn, dtype)
   reset_after = checks.boolean(fn, "reset_after", reset_after)
+  pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
   use_bias = checks.boolean(fn, "use_bias", use_bias)
 
-  def init(key: jax.Array, input_size: int) -> GRUParams:
+  def init_params(key: jax.Array, input_size: int) -> GRUParams:
     checks.key(f"{fn}.init", "key", key)
+    if pytorch:
+      return GRUParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 3,
+                                                dtype=dtype, use_bias=use_bias))
     return GRUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 3, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias))
@@ -91,4 +99,4 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
 
   fused.attach(apply, fused.gru_kernel(reset_after))
   input_size = common.input_size_of(fn, GRUParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

@@ -86,6 +86,7 @@ def _ring_nu(u1: jax.Array, r_min: float, r_max: float) -> jax.Array:
   return jnp.where(r2 < 0.5, -0.5 * jnp.log(r2), -0.5 * jnp.log1p(-s))
 
 
+@cell_lib.factory
 def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
         r_max: float = 1.0, max_phase: float = 2 * math.pi,
         dtype: Any = jnp.float32) -> cell_lib.Cell:

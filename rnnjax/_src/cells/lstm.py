@@ -34,9 +34,10 @@ class LSTMState(NamedTuple):
   c: jax.Array  # [..., H]
 
 
+@cell_lib.factory
 def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = True,
          forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
-         dtype: Any = jnp.float32) -> cell_lib.Cell:
+         init: str = "default", dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The long short-term memory cell (Hochreiter & Schmidhuber 1997; PyTorch's `nn.LSTM`).
 
   Equations (`σ` the logistic sigmoid, `⊙` elementwise)::
@@ -58,6 +59,10 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     forget_bias: initial value of the forget gate's input bias.
     kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
     recurrent_init: initializer for each gate's `[P, H]` block of `w_h`.
+    init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
+      uniform in `±1/sqrt(H)`, as PyTorch's `nn.LSTM` draws them, so that a port starts
+      from PyTorch's distribution (`w_proj` too). There is no forget-gate fill, so
+      `forget_bias` must stay at its default; takes no `kernel_init` or `recurrent_init`.
     dtype: dtype of the params and of the initial carry.
 
   Returns:
@@ -82,17 +87,22 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
           f"proj_size={proj_size}, hidden_size={hidden_size}.")
   dtype = common.check_dtype(fn, dtype)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
+  pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init, forget_bias)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
   use_bias = checks.boolean(fn, "use_bias", use_bias)
   out_size = proj_size or hidden_size
 
-  def init(key: jax.Array, input_size: int) -> LSTMParams:
+  def init_params(key: jax.Array, input_size: int) -> LSTMParams:
     checks.key(f"{fn}.init", "key", key)
     k_gates, k_p = jax.random.split(key)
     w_proj = None
     if proj_size is not None:
-      w_proj = cell_lib.draw(cell_lib.default_kernel_init(), k_p, (hidden_size, proj_size),
-                             dtype)
+      w_init = common.pytorch_uniform(hidden_size) if pytorch else cell_lib.default_kernel_init()
+      w_proj = cell_lib.draw(w_init, k_p, (hidden_size, proj_size), dtype)
+    if pytorch:
+      return LSTMParams(**common.pytorch_weights(
+          fn, k_gates, input_size, hidden_size, 4, dtype=dtype, use_bias=use_bias,
+          recurrent_rows=out_size), w_proj=w_proj)
     return LSTMParams(
         **common.gated_weights(fn, k_gates, input_size, hidden_size, 4, kernel_init=k_init,
                                recurrent_init=r_init, dtype=dtype, use_bias=use_bias,
@@ -118,4 +128,4 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
 
   fused.attach(apply, fused.lstm_kernel)
   input_size = common.input_size_of(fn, LSTMParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

@@ -21,9 +21,10 @@ class MGUParams(NamedTuple):
   b_h: jax.Array | None  # [2H]
 
 
+@cell_lib.factory
 def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
         forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
-        dtype: Any = jnp.float32) -> cell_lib.Cell:
+        init: str = "default", dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The minimal gated unit (Zhou et al. 2016, arXiv:1603.09420; Flax's `MGUCell`).
 
   One gate `f` plays the parts of GRU's update and reset gates. With
@@ -48,6 +49,11 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     forget_bias: initial value of the gate's input bias.
     kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
     recurrent_init: initializer for each gate's `[H, H]` block of `w_h`.
+    init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
+      uniform in `±1/sqrt(H)`, as PyTorch's `nn.GRU` draws them, so that a port starts
+      from PyTorch's distribution (PyTorch has no MGU; this is its GRU's rule). There
+      is no gate-bias fill, so `forget_bias` must stay at its default; takes no
+      `kernel_init` or `recurrent_init`.
     dtype: dtype of the params and of the initial carry.
 
   Returns:
@@ -66,11 +72,15 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   dtype = common.check_dtype(fn, dtype)
   reset_after = checks.boolean(fn, "reset_after", reset_after)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
+  pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init, forget_bias)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
   use_bias = checks.boolean(fn, "use_bias", use_bias)
 
-  def init(key: jax.Array, input_size: int) -> MGUParams:
+  def init_params(key: jax.Array, input_size: int) -> MGUParams:
     checks.key(f"{fn}.init", "key", key)
+    if pytorch:
+      return MGUParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 2,
+                                                dtype=dtype, use_bias=use_bias))
     return MGUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 2, kernel_init=k_init, recurrent_init=r_init,
         dtype=dtype, use_bias=use_bias, fill={0: forget_bias}))
@@ -100,4 +110,4 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     return common.HiddenState(h=h), h
 
   input_size = common.input_size_of(fn, MGUParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

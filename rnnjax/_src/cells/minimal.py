@@ -160,6 +160,7 @@ def _minimal_cell(fn: str, params_type: type, gates: int, hidden_size: Any, *, l
   return linear_lib.with_recurrence(cell, recurrence)
 
 
+@cell_lib.factory
 def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
            kernel_init: Any = None, dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The minimal GRU of Feng et al. 2024 ("Were RNNs All We Needed?", arXiv:2410.01201).
@@ -221,6 +222,7 @@ def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
       log_coefficients_of=_mingru_log_coefficients)
 
 
+@cell_lib.factory
 def minlstm(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
             kernel_init: Any = None, dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The minimal LSTM of Feng et al. 2024 ("Were RNNs All We Needed?", arXiv:2410.01201).

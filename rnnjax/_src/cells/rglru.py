@@ -51,6 +51,7 @@ def _step_coefficients(params: RGLRUParams, x: jax.Array, c: float
   return a, norm * (i * xt)
 
 
+@cell_lib.factory
 def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float = 0.999,
           dtype: Any = jnp.float32) -> cell_lib.Cell:
   r"""The Real-Gated Linear Recurrent Unit (De et al. 2024, "Griffin: Mixing Gated Linear

@@ -1,0 +1,140 @@
+"""rnnjax's default initialisation against PyTorch's (`init="pytorch"`), on the shipped tasks.
+
+Each run is `rnnjax train` (validation-selected model, test metric reported once) in a
+subprocess, with the cell's factory given `init=INIT`: the only difference between the
+two contenders is how the weights start. `rnnjax train` has no `--init` flag, so the
+subprocess swaps the cell in the command line's recipe (`rnnjax.runs.CELLS`) before it
+parses its flags; every other setting is the task's default unless given here.
+
+  default  w_i LeCun normal, w_h orthogonal (per gate), biases 0, LSTM/MGU forget bias 1
+  pytorch  every weight and bias uniform in ±1/sqrt(H) (PyTorch's nn.RNN/LSTM/GRU)
+
+Prints one JSON line per run, then a Markdown table of the test metric (mean over
+seeds, each seed's value beside it) per task, cell and init.
+
+  python benchmarks/init_compare.py                                   # co2, sunspots, adding
+  python benchmarks/init_compare.py --tasks adding --cells lstm gru --seeds 0 1 --steps 800
+  python benchmarks/init_compare.py --table runs/init_compare/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+TASKS = ("co2", "sunspots", "adding")
+CELLS = ("lstm", "gru", "elman", "mgu")
+INITS = ("default", "pytorch")
+# The adding problem at its shipped length is a long run; here it is short (T=50) unless
+# --length says otherwise. The forecasting tasks run with their defaults.
+ADDING_LENGTH = 50
+
+_CHILD = """
+import functools, sys
+import rnnjax
+from rnnjax import cli, runs
+cell, init = sys.argv[1], sys.argv[2]
+runs.CELLS[cell] = functools.partial(getattr(rnnjax, cell), init=init)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def train(task: str, cell: str, init: str, seed: int, args: argparse.Namespace) -> dict:
+  """One `rnnjax train` run in a subprocess; its summary's test metric (or the failure)."""
+  out = pathlib.Path(args.out) / f"{task}-{cell}-{init}-{seed}"
+  flags = ["train", "--task", task, "--cell", cell, "--seed", str(seed), "--out", str(out),
+           "--overwrite", "--no-plots", "--quiet"]
+  if args.steps:
+    flags += ["--steps", str(args.steps)]
+  if task == "adding":
+    flags += ["--length", str(args.length)]
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-c", _CHILD, cell, init, *flags], capture_output=True,
+                        text=True, env=env, check=False)
+  row = {"task": task, "cell": cell, "init": init, "seed": seed, "exit_code": proc.returncode,
+         "process_s": round(time.perf_counter() - start, 1),
+         "command": f"rnnjax {' '.join(flags)}  # with {cell}(..., init={init!r})"}
+  summary = out / "summary.json"
+  if proc.returncode == 0 and summary.exists():
+    s = json.loads(summary.read_text())
+    metric = s["metric"]
+    row.update(status="ok", metric=metric, value=s["best"]["test"][metric],
+               final=s["final"]["test"][metric], baseline=s["baselines"]["test"],
+               steps=s["steps"], best_step=s["best"]["step"], backend=s["backend"])
+  else:
+    row.update(status={3: "diverged"}.get(proc.returncode, "failed"),
+               stderr_tail=proc.stderr.strip().splitlines()[-3:])
+  return row
+
+
+def table(rows: list[dict]) -> str:
+  """Test metric per task and cell: the mean over seeds for each init, each seed in brackets."""
+  lines = ["| task | cell | metric | default | pytorch | better | baseline | steps |",
+           "|---|---|---|---:|---:|---|---:|---:|"]
+  keys = sorted({(r["task"], r["cell"]) for r in rows}, key=lambda k: (TASKS.index(k[0]), k[1]))
+  for task, cell in keys:
+    cells, means = {}, {}
+    ok = [r for r in rows if (r["task"], r["cell"]) == (task, cell) and r["status"] == "ok"]
+    for init in INITS:
+      mine = sorted((r for r in rows if (r["task"], r["cell"], r["init"]) == (task, cell, init)),
+                    key=lambda r: r["seed"])
+      values = [r["value"] for r in mine if r["status"] == "ok"]
+      failed = [r["status"] for r in mine if r["status"] != "ok"]
+      means[init] = statistics.mean(values) if values and not failed else None
+      each = ", ".join(f"{v:.4g}" for v in values) + "".join(f", {f}" for f in failed)
+      cells[init] = f"{means[init]:.4g} ({each})" if means[init] is not None else each or "—"
+    better = "—"
+    if None not in means.values():
+      better = min(INITS, key=lambda i: means[i])
+    metric = ok[0]["metric"] if ok else "—"
+    baseline = f"{ok[0]['baseline']:.4g}" if ok else "—"
+    steps = ok[0]["steps"] if ok else "—"
+    lines.append(f"| {task} | {cell} | test {metric} | {cells['default']} | {cells['pytorch']} "
+                 f"| {better} | {baseline} | {steps} |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+  parser.add_argument("--cells", nargs="+", choices=CELLS, default=["lstm", "gru"])
+  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+  parser.add_argument("--steps", type=int, default=None,
+                      help="training steps (default: each task's, as rnnjax train)")
+  parser.add_argument("--length", type=int, default=ADDING_LENGTH, help="T of the adding task")
+  parser.add_argument("--out", default="runs/init_compare", help="directory of the runs")
+  parser.add_argument("--table", nargs="+", metavar="JSONL",
+                      help="train nothing: print the table of earlier runs' results.jsonl")
+  args = parser.parse_args(argv)
+  if args.table:
+    rows = [json.loads(line) for path in args.table
+            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    print(table(rows))
+    return 0
+  results = pathlib.Path(args.out) / "results.jsonl"
+  results.parent.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for task in args.tasks:
+    for cell in args.cells:
+      for seed in args.seeds:
+        for init in INITS:  # interleaved: both contenders see the same machine load
+          row = train(task, cell, init, seed, args)
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+          with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+  print(table(rows))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
