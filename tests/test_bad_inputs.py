@@ -404,7 +404,7 @@ CASES = [
     # ---- interop.pytorch. ----
     ("torch-not-a-mapping", lambda: pytorch.from_torch([1], mode="GRU"),
      TE, r"rnnjax\.interop\.pytorch\.from_torch: `state_dict` must be a mapping"),
-    ("torch-mode", lambda: pytorch.from_torch(_torch_sd(), mode="gru"),
+    ("torch-mode", lambda: pytorch.from_torch(_torch_sd(), mode="rnn"),
      VE, r"rnnjax\.interop\.pytorch\.from_torch: `mode` must be one of"),
     ("torch-weight-hh-shape",
      lambda: pytorch.from_torch(_torch_sd(wrong="weight_hh_l0"), mode="GRU"),

@@ -61,7 +61,7 @@ def test_the_api_reference_documents_every_public_name():
                               flags=re.M))
   missing = []
   for module_name in ("rnnjax", "rnnjax.tasks", "rnnjax.interop.flax", "rnnjax.interop.pytorch",
-                      "rnnjax.diagnostics"):
+                      "rnnjax.interop.equinox", "rnnjax.diagnostics"):
     module = importlib.import_module(module_name)
     names = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
     missing += [f"{module_name}.{n}" for n in names if f"{module_name}.{n}" not in documented]

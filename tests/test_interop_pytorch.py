@@ -175,8 +175,9 @@ def test_errors_in_the_keys():
   f = pytorch.from_torch
   with raises(r"from_torch: `state_dict` must be a mapping", TypeError):
     f([1], mode="LSTM")
-  with raises(r"`mode` must be one of 'LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU'; got mode='lstm'"):
-    f(make_sd(), mode="lstm")
+  with raises(r"`mode` must be one of 'LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU' \(in any case\); "
+              r"got mode='lstmm'"):
+    f(make_sd(), mode="lstmm")
   with raises(r"unexpected key\(s\) 'fc.weight' for a PyTorch RNN.*prefix='rnn.'"):
     f({**make_sd(), "fc.weight": np.zeros(3)}, mode="LSTM")
   with raises(r"no RNN weights \(keys like 'lstm.weight_ih_l0'\) starting with prefix='lstm.'"):
@@ -461,3 +462,193 @@ def test_live_export_loads_into_torch():
       params, xs, h_0)
   close(ys, y)
   close(pytorch.carry_to_torch(carry), h_n)
+
+
+# PyTorch habits (issue 15): modules, any-case modes, cells, prefixes.
+
+
+def test_mode_in_any_case():
+  sd = make_sd("RNN_RELU")
+  want = pytorch.from_torch(sd, mode="RNN_RELU")[1]
+  for mode in ("rnn_relu", "Rnn_Relu"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, pytorch.from_torch(sd, mode=mode)[1],
+                           want)
+  # ReLU, not tanh: the output of one step from a zero state, against NumPy.
+  layer, params = pytorch.from_torch(sd, mode="rnn_relu")
+  x = np.random.default_rng(0).normal(size=(1, 2, 3)).astype(np.float32)
+  ref = np.maximum(x[0] @ sd["weight_ih_l0"].T + sd["bias_ih_l0"] + sd["bias_hh_l0"], 0)
+  close(layer.apply(params, x)[0][0], ref)
+  for mode in ("lstm", "Lstm", "LSTM"):
+    assert pytorch.from_torch(make_sd(), mode=mode)[1].w_i.shape == (3, 16)
+  assert list(pytorch.to_torch(want, mode="rnn_relu")) == list(sd)
+  with raises(r"from_torch: `mode` must be one of .*got mode='rnn'\. An nn.RNN's mode names its "
+              r"nonlinearity: 'RNN_TANH' \(the default\) or 'RNN_RELU'"):
+    pytorch.from_torch(sd, mode="rnn")
+  with raises(r"to_torch: mode='gru' does not match the params, which are ElmanParams"):
+    pytorch.to_torch(want, mode="gru")
+  with raises(r"from_torch: `mode` is needed with a state_dict: PyTorch's `module.mode`.*"
+              r"`from_torch\(module\)` reads its mode"):
+    pytorch.from_torch(sd)
+
+
+def test_a_prefix_is_suggested():
+  f = pytorch.from_torch
+  model = {"embed.weight": np.zeros((5, 3), np.float32),
+           **{f"encoder.rnn.{k}": v for k, v in make_sd().items()},
+           "head.weight": np.zeros((2, 4), np.float32)}
+  hint = r"an RNN under prefix='encoder.rnn.': pass prefix='encoder.rnn.'\."
+  with raises(r"from_torch: unexpected key\(s\) 'embed.weight', 'encoder.rnn.weight_ih_l0'.*"
+              + hint):
+    f(model, mode="LSTM")
+  for prefix in ("encoder.", "encoder.rnn"):  # Too short, or without its dot.
+    with raises(r"unexpected key\(s\) 'encoder.rnn.weight_ih_l0'.*" + hint):
+      f(model, mode="LSTM", prefix=prefix)
+  with raises(r"no RNN weights \(keys like 'decoder.weight_ih_l0'\) starting with "
+              r"prefix='decoder.'; got keys .*" + hint):
+    f(model, mode="LSTM", prefix="decoder.")
+  assert f(model, mode="LSTM", prefix="encoder.rnn.")[1].w_i.shape == (3, 16)
+  # Two RNNs (one a cell): both prefixes are named.
+  two = {**model, **{f"decoder.cell.{k[:-3]}": v for k, v in make_sd("GRU").items()}}
+  with raises(r"RNNs under prefixes 'encoder.rnn.', 'decoder.cell.': pass the `prefix` of the "
+              r"one to convert"):
+    f(two, mode="GRU")
+  # No RNN-like key: the general advice, as before.
+  with raises(r"unexpected key\(s\) 'fc.weight' for a PyTorch RNN.*e.g. prefix='rnn.'\.$"):
+    f({**make_sd(), "fc.weight": np.zeros(3)}, mode="LSTM")
+
+
+def cell_sd(mode, bias=True, seed=0):
+  """The state_dict of a PyTorch cell: `make_sd`'s layer 0 without "_l0"."""
+  return {k[:-len("_l0")]: v for k, v in make_sd(mode, bias=bias, seed=seed).items()}
+
+
+def test_cell_state_dicts():
+  f = pytorch.from_torch
+  for mode, cls in (("LSTM", rnnjax.LSTMParams), ("GRU", rnnjax.GRUParams),
+                    ("RNN_TANH", rnnjax.ElmanParams)):
+    sd = cell_sd(mode)
+    cell, params = f(sd, mode=mode, hidden_size=4, input_size=3)
+    assert type(params) is cls and not isinstance(cell, rnnjax.Layer)
+    np.testing.assert_array_equal(params.w_i, sd["weight_ih"].T)
+    np.testing.assert_array_equal(params.b_h, sd["bias_hh"])
+    back = pytorch.to_torch(params, cell=True, prefix="cell.")
+    assert list(back) == [f"cell.{k}" for k in sd]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, list(back.values()), list(sd.values()))
+    assert pytorch.torch_kwargs(params, cell=True) == dict(input_size=3, hidden_size=4, bias=True)
+  _, params = f(cell_sd("GRU", bias=False), mode="gru")
+  assert params.b_i is None and list(pytorch.to_torch(params, cell=True)) == [
+      "weight_ih", "weight_hh"]
+  sd = cell_sd("LSTM")
+  del sd["bias_hh"]
+  with raises(r"missing key\(s\) 'bias_hh' for mode='LSTM', a cell, bias=True"):
+    f(sd, mode="LSTM")
+  with raises(r"`num_layers=2` was given, but the state_dict holds the keys of a cell"):
+    f(cell_sd("LSTM"), mode="LSTM", num_layers=2)
+  with raises(r"`bidirectional=True` was given, but the state_dict holds the keys of a cell"):
+    f(cell_sd("LSTM"), mode="LSTM", bidirectional=True)
+  with raises(r"mixes the keys of a cell \('weight_ih', .*\) and those of a module with layers "
+              r"\('weight_ih_l0', "):
+    f({**cell_sd("LSTM"), **make_sd()}, mode="LSTM")
+  with raises(r"`weight_hh` has shape \(12, 5\), expected \(12, 4\)"):
+    f({**cell_sd("GRU"), "weight_hh": np.zeros((12, 5), np.float32)}, mode="GRU")
+  stacked = f(make_sd(num_layers=2), mode="LSTM")[1]
+  with raises(r"to_torch: `cell=True` needs one cell's params.*got a tuple of 2 layer\(s\)"):
+    pytorch.to_torch(stacked, cell=True)
+  with raises(r"torch_kwargs: `cell=True` needs.*got LSTMParams with a projection"):
+    pytorch.torch_kwargs(f(make_sd(proj_size=2), mode="LSTM")[1], cell=True)
+  with raises(r"got BidirectionalParams"):
+    pytorch.to_torch(f(make_sd(bidirectional=True), mode="LSTM")[1], cell=True)
+  with raises(r"to_torch: `cell` must be a bool", TypeError):
+    pytorch.to_torch(stacked[0], cell=1)
+
+
+TORCH_CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "relu"}),
+               ("GRUCell", {"bias": False})]
+CELL_MODES = {"LSTMCell": "lstm", "GRUCell": "gru", "RNNCell": "rnn_relu"}
+
+
+@pytest.mark.parametrize("config", TORCH_CELLS, ids=lambda c: c[0] + "".join(map(str, c[1])))
+def test_live_cells_step_like_torch(config):
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(9)
+  name, kw = config[0], dict(config[1])
+  module = getattr(torch.nn, name)(3, 5, **kw)
+  cell, params = pytorch.from_torch(module)  # The mode from the module.
+  _, from_sd = pytorch.from_torch(module.state_dict(), mode=CELL_MODES[name])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, from_sd)
+  # Three steps from a random state, each against the torch cell.
+  xs, h = torch.randn(3, 2, 3), torch.randn(2, 5)
+  hx = (h, torch.randn(2, 5)) if name == "LSTMCell" else h
+  carry = (rnnjax.LSTMState(h=h.numpy(), c=hx[1].numpy()) if name == "LSTMCell"
+           else rnnjax.HiddenState(h=h.numpy()))
+  step = jax.jit(cell.apply)
+  for x in xs:
+    with torch.no_grad():
+      hx = module(x, hx)
+    carry, y = step(params, carry, x.numpy())
+    close(y, (hx[0] if name == "LSTMCell" else hx).numpy())
+    if name == "LSTMCell":
+      close(carry.c, hx[1].numpy())
+  # And back: the export loads into a new torch cell.
+  kw.pop("bias", None)  # In `torch_kwargs`.
+  new = getattr(torch.nn, name)(**pytorch.torch_kwargs(params, cell=True), **kw)
+  new.load_state_dict({k: torch.from_numpy(v) for k, v in
+                       pytorch.to_torch(params, cell=True).items()})
+  for k, v in new.state_dict().items():
+    np.testing.assert_array_equal(v.numpy(), module.state_dict()[k].numpy())
+
+
+def test_live_modules():
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(10)
+
+  class MyLSTM(torch.nn.LSTM):  # A subclass counts as its PyTorch class.
+    pass
+
+  module = MyLSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2)
+  layer, params = pytorch.from_torch(module)
+  _, params_sd = pytorch.from_torch(module.state_dict(), mode="lstm")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, params_sd)
+  x = torch.randn(4, 2, 3)
+  with torch.no_grad():
+    y = module(x)[0].numpy()
+  run = jax.jit(lambda p, x: layer.apply(p, x)[0])
+  close(run(params, x.numpy()), y)
+  # The mode is checked when given, in any case, and so are the sizes.
+  checked = pytorch.from_torch(module, mode="Lstm", hidden_size=5, num_layers=2, proj_size=2)[1]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, checked, params)
+  with raises(r"from_torch: mode='GRU' was given, but the module is an nn.LSTM of mode 'LSTM'. "
+              r"Leave `mode` out"):
+    pytorch.from_torch(module, mode="gru")
+  with raises(r"from_torch: `hidden_size=4` was given, but the nn.LSTM has hidden_size=5"):
+    pytorch.from_torch(module, hidden_size=4)
+  with raises(r"`bidirectional=False` was given, but the nn.LSTM has bidirectional=True"):
+    pytorch.from_torch(module, bidirectional=False)
+  with raises(r"`prefix` is for the state_dict of a larger model.*prefix='rnn.'"):
+    pytorch.from_torch(module, prefix="rnn.")
+  relu = torch.nn.RNN(3, 4, nonlinearity="relu")
+  with raises(r"mode='RNN_TANH' was given, but the module is an nn.RNN of mode 'RNN_RELU'"):
+    pytorch.from_torch(relu, mode="rnn_tanh")
+  with raises(r"mode='RNN_TANH' was given, but the module is an nn.RNNCell of mode 'RNN_RELU'"):
+    pytorch.from_torch(torch.nn.RNNCell(3, 4, nonlinearity="relu"), mode="RNN_TANH")
+
+  class Model(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.encoder = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.GRU(3, 4))
+      self.head = torch.nn.Linear(4, 2)
+
+  with raises(r"`state_dict` must be .* got a Model module, which holds 'encoder.1' \(nn.GRU\)"
+              r"\. Pass one of them, e.g. `from_torch\(model.get_submodule\('encoder.1'\)\)`, "
+              r"or .*prefix='encoder.1.'", TypeError):
+    pytorch.from_torch(Model())
+  with raises(r"got a Linear module, which holds none of them", TypeError):
+    pytorch.from_torch(torch.nn.Linear(3, 3))
+  model = Model()
+  hint = r"under prefix='encoder.1.': pass prefix='encoder.1.'"
+  with raises(r"unexpected key\(s\) 'encoder.0.weight', .*" + hint):
+    pytorch.from_torch(model.state_dict(), mode="GRU")
+  jax.tree_util.tree_map(
+      np.testing.assert_array_equal,
+      pytorch.from_torch(model.state_dict(), mode="GRU", prefix="encoder.1.")[1],
+      pytorch.from_torch(model.get_submodule("encoder.1"))[1])

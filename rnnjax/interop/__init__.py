@@ -1,12 +1,13 @@
-"""Bridges to other frameworks: `rnnjax.interop.flax` (Flax modules) and `.pytorch` (weights).
+"""Bridges to other frameworks: `rnnjax.interop.flax` (Flax modules), `.equinox` (an
+Equinox module) and `.pytorch` (weights).
 
-Both are attributes of `rnnjax.interop`, imported on first use; `rnnjax.interop.pytorch`
-does not need torch.
+All are attributes of `rnnjax.interop`, imported on first use; `rnnjax.interop.pytorch`
+does not need torch, and only `rnnjax.interop.equinox` needs equinox.
 """
 
 import importlib as _importlib
 
-_LAZY_SUBMODULES = ("flax", "pytorch")
+_LAZY_SUBMODULES = ("equinox", "flax", "pytorch")
 
 
 def __getattr__(name: str):

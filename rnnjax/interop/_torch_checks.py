@@ -83,12 +83,24 @@ def check_dtype(fn: str, dtype: Any) -> Any:
   return dtype
 
 
+def mode_name(fn: str, mode: Any) -> str:
+  """`mode` in PyTorch's spelling (`"lstm"` -> `"LSTM"`); a ValueError unless it is one of
+  `MODES`, in any case."""
+  name = mode.upper() if isinstance(mode, str) else mode
+  if name not in MODES:
+    hint = (" An nn.RNN's mode names its nonlinearity: 'RNN_TANH' (the default) or 'RNN_RELU'."
+            if name == "RNN" else "")
+    raise ValueError(
+        f"{fn}: `mode` must be one of {', '.join(map(repr, MODES))} (in any case); got "
+        f"mode={mode!r}.{hint}")
+  return name
+
+
 def check_mode(fn: str, mode: str | None, kind: str) -> None:
-  """ValueError unless `mode` (if given) is a PyTorch mode of params of `kind`."""
+  """ValueError unless `mode` (if given, in any case) is a PyTorch mode of params of `kind`."""
   if mode is None:
     return
-  checks.choice(fn, "mode", mode, MODES)
-  if not mode.startswith(kind):
+  if not mode_name(fn, mode).startswith(kind):
     fits = "'RNN_TANH' or 'RNN_RELU'" if kind == "RNN" else repr(kind)
     raise ValueError(
         f"{fn}: mode={mode!r} does not match the params, which are {TYPE_NAMES[kind]} "

@@ -3,12 +3,13 @@
 `from_torch` checks its arguments, then runs these in order, each on what the one
 before found:
 
-1. `read_keys`: the RNN keys under the prefix, as `(kind, layer, direction)`;
+1. `read_keys`: the RNN keys under the prefix, as `(kind, layer, direction)`, or a
+   cell's (`nn.LSTMCell`, `nn.GRUCell`, `nn.RNNCell`: no `_l<k>`), read as layer 0;
 2. `read_structure`: layers, directions, biases and projection, from the keys
    present and the arguments given, and the keys that structure needs;
 3. `read_arrays`: those keys as numpy arrays of the right rank and a float dtype;
 4. `infer_sizes`: the hidden, projection and input sizes that fit the shapes;
-5. `build_layer`: the layer and its params, in the cells' layout.
+5. `build_layer`: the layer (or the cell) and its params, in the cells' layout.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 from rnnjax._src.cells.elman import ElmanParams, elman
 from rnnjax._src.cells.gru import GRUParams, gru
 from rnnjax._src.cells.lstm import LSTMParams, lstm
-from rnnjax._src.layers import BidirectionalParams, Layer, bidirectional, rnn, stack
+from rnnjax._src.layers import BidirectionalParams, bidirectional, rnn, stack
 from rnnjax.interop._torch_checks import listing, mismatch, to_numpy
 from rnnjax.interop._torch_layout import (
+    CELL_KEY,
     GATE_MODES,
     GATES,
     KEY,
@@ -47,37 +49,73 @@ class Structure(NamedTuple):
   names: dict[Key, str]  # every RNN key found -> its name in the state_dict
   expected: list[Key]  # the keys of this structure, in PyTorch's order
   config: str  # the structure in words, for messages
+  cell: bool = False  # an nn.LSTMCell, nn.GRUCell or nn.RNNCell: keys without "_l<k>"
 
   @property
   def directions(self) -> int:
     return 2 if self.bidirectional else 1
 
 
-def read_keys(fn: str, state_dict: Mapping[str, Any], prefix: str) -> dict[Key, str]:
-  """The RNN keys under `prefix`, `(kind, layer, direction) -> name`; every key under
-  `prefix` must be an RNN weight, and there must be at least one."""
+def _prefixes(names: Any) -> list[str]:
+  """The prefixes under which `names` hold RNN keys: `"encoder.rnn."` for
+  `"encoder.rnn.weight_ih_l0"` (also for a cell's `"encoder.cell.weight_ih"`)."""
+  out = []
+  for name in names:
+    head, dot, tail = str(name).rpartition(".")
+    if dot and (KEY.fullmatch(tail) or CELL_KEY.fullmatch(tail)) and head + dot not in out:
+      out.append(head + dot)
+  return out
+
+
+def _prefix_hint(names: Any) -> str:
+  """A sentence naming the prefix(es) of the RNN keys among `names`, or "" if none."""
+  found = _prefixes(names)
+  if len(found) == 1:
+    return (f" These look like the keys of a larger model with an RNN under "
+            f"prefix={found[0]!r}: pass prefix={found[0]!r}.")
+  if found:
+    return (f" These look like the keys of a larger model with RNNs under prefixes "
+            f"{listing(found)}: pass the `prefix` of the one to convert.")
+  return ""
+
+
+def read_keys(fn: str, state_dict: Mapping[str, Any], prefix: str) -> tuple[dict[Key, str], bool]:
+  """The RNN keys under `prefix`, `(kind, layer, direction) -> name`, and whether they are
+  a cell's (`weight_ih`, ... without `_l<k>`, read as layer 0); every key under `prefix`
+  must be an RNN weight, and there must be at least one."""
   found: dict[Key, str] = {}
+  cell: dict[Key, str] = {}
   unknown = []
   for name in state_dict:
     if not isinstance(name, str) or not name.startswith(prefix):
       continue
     m = KEY.fullmatch(name[len(prefix):])
-    if m is None:
-      unknown.append(name)
-    else:
+    if m is not None:
       found[(m.group(1), int(m.group(2)), int(m.group(3) is not None))] = name
+    elif CELL_KEY.fullmatch(name[len(prefix):]):
+      cell[(name[len(prefix):], 0, 0)] = name
+    else:
+      unknown.append(name)
   if unknown:
+    hint = _prefix_hint(unknown) or (
+        " For the RNN inside a larger model pass its `prefix`, e.g. prefix='rnn.'.")
     raise ValueError(
         f"{fn}: unexpected key(s) {listing(unknown)} for a PyTorch RNN: expected only "
         f"'{prefix}weight_ih_l<k>', 'weight_hh_l<k>', 'bias_ih_l<k>', 'bias_hh_l<k>' and "
-        "(LSTM with proj_size) 'weight_hr_l<k>', each optionally with '_reverse'. For "
-        "the RNN inside a larger model pass its `prefix`, e.g. prefix='rnn.'.")
-  if not found:
+        "(LSTM with proj_size) 'weight_hr_l<k>', each optionally with '_reverse', or those of "
+        "an nn.LSTMCell, nn.GRUCell or nn.RNNCell: 'weight_ih', 'weight_hh', 'bias_ih', "
+        f"'bias_hh'.{hint}")
+  if found and cell:
+    raise ValueError(
+        f"{fn}: the state_dict mixes the keys of a cell ({listing(cell.values())}) and those "
+        f"of a module with layers ({listing(found.values())}); pass the `prefix` of one.")
+  if not found and not cell:
     where = f" starting with prefix={prefix!r}" if prefix else ""
     raise ValueError(
         f"{fn}: the state_dict has no RNN weights (keys like '{prefix}weight_ih_l0'){where}; "
-        f"got keys {listing(state_dict)}.")
-  return found
+        f"got keys {listing(state_dict)}."
+        + _prefix_hint(state_dict))
+  return (cell, True) if cell else (found, False)
 
 
 def _unexpected(fn: str, found: dict[Key, str], keys: list[Key], why: str) -> None:
@@ -86,11 +124,24 @@ def _unexpected(fn: str, found: dict[Key, str], keys: list[Key], why: str) -> No
   raise ValueError(f"{fn}: unexpected key(s) {listing(names)}: {why}.")
 
 
+def _check_cell(fn: str, **given: Any) -> None:
+  """ValueError if an argument `given` does not fit a cell (one layer, one direction)."""
+  for name, value in given.items():
+    if value not in (None, 1 if name == "num_layers" else False):
+      raise ValueError(
+          f"{fn}: `{name}={value!r}` was given, but the state_dict holds the keys of a cell "
+          "('weight_ih', ... without '_l<k>': an nn.LSTMCell, nn.GRUCell or nn.RNNCell), "
+          f"which has one layer, one direction and no projection. Leave `{name}` out.")
+
+
 def read_structure(fn: str, found: dict[Key, str], *, mode: str, prefix: str,
                    num_layers: int | None, bidirectional: bool | None, bias: bool | None,
-                   proj_size: int | None) -> Structure:
-  """The structure from the keys `found`, checked against the arguments given (None:
-  read from the keys); a ValueError for keys it does not have or keys it misses."""
+                   proj_size: int | None, cell: bool = False) -> Structure:
+  """The structure from the keys `found` (a `cell`'s: `read_keys`), checked against the
+  arguments given (None: read from the keys); a ValueError for keys it does not have or
+  keys it misses."""
+  if cell:
+    _check_cell(fn, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size)
   proj_keys = [k for k in found if k[0] == "weight_hr"]
   if proj_keys and mode != "LSTM":
     _unexpected(fn, found, proj_keys,
@@ -130,13 +181,16 @@ def read_structure(fn: str, found: dict[Key, str], *, mode: str, prefix: str,
               for d in range(2 if bidirectional else 1) for kind in kinds]
   config = (f"mode={mode!r}, num_layers={num_layers}, bidirectional={bidirectional}, "
             f"bias={bias}" + (", with proj_size" if has_proj else ""))
-  missing = [k for k in expected if k not in found]
+  if cell:
+    config = f"mode={mode!r}, a cell, bias={bias}"
+  missing = [prefix + (k[0] if cell else key_name(*k)) for k in expected if k not in found]
   if missing:
     raise ValueError(
-        f"{fn}: the state_dict is missing key(s) {listing(prefix + key_name(*k) for k in missing)}"
+        f"{fn}: the state_dict is missing key(s) {listing(missing)}"
         f" for {config} (structure read from the keys present and the arguments given); got "
         f"keys {listing(found.values())}.")
-  return Structure(mode, num_layers, bidirectional, bias, has_proj, found, expected, config)
+  return Structure(mode, num_layers, bidirectional, bias, has_proj, found, expected, config,
+                   cell)
 
 
 def read_arrays(fn: str, state_dict: Mapping[str, Any], s: Structure) -> dict[Key, np.ndarray]:
@@ -253,17 +307,24 @@ def _cell_params(mode: str, arrays: dict[Key, np.ndarray], layer: int, d: int,
   return (GRUParams if mode == "GRU" else ElmanParams)(w_i, w_h, b_i, b_h)
 
 
-def build_layer(s: Structure, sizes: tuple[int, int, int], arrays: dict[Key, np.ndarray], *,
-                dtype: Any, dropout: float) -> tuple[Layer, Any]:
-  """The layer of the module `s` with hidden and projection sizes `sizes[:2]`, and its
-  params in `dtype` (None: the arrays' own)."""
-  h_size, p_size, _ = sizes
+def _cell(s: Structure, h_size: int, p_size: int) -> Any:
+  """The rnnjax cell of mode `s.mode` (with a projection to `p_size` if `s.has_proj`)."""
   if s.mode == "LSTM":
-    cell = lstm(h_size, proj_size=p_size if s.has_proj else None, use_bias=s.bias)
-  elif s.mode == "GRU":
-    cell = gru(h_size, use_bias=s.bias)
-  else:
-    cell = elman(h_size, nonlinearity=s.mode[4:].lower(), use_bias=s.bias)
+    return lstm(h_size, proj_size=p_size if s.has_proj else None, use_bias=s.bias)
+  if s.mode == "GRU":
+    return gru(h_size, use_bias=s.bias)
+  return elman(h_size, nonlinearity=s.mode[4:].lower(), use_bias=s.bias)
+
+
+def build_layer(s: Structure, sizes: tuple[int, int, int], arrays: dict[Key, np.ndarray], *,
+                dtype: Any, dropout: float) -> tuple[Any, Any]:
+  """The layer of the module `s` with hidden and projection sizes `sizes[:2]` (for a
+  cell's keys, `s.cell`: the rnnjax cell), and its params in `dtype` (None: the arrays'
+  own)."""
+  h_size, p_size, _ = sizes
+  cell = _cell(s, h_size, p_size)
+  if s.cell:
+    return cell, _cell_params(s.mode, arrays, 0, 0, dtype)
   layers = range(s.num_layers)
   if s.bidirectional:
     per_layer = [BidirectionalParams(_cell_params(s.mode, arrays, layer, 0, dtype),

@@ -28,6 +28,8 @@ GATE_MODES = {4: "LSTM", 3: "GRU", 1: "RNN_TANH' or 'RNN_RELU"}
 PARAM_TYPES = {LSTMParams: "LSTM", GRUParams: "GRU", ElmanParams: "RNN"}
 TYPE_NAMES = {"LSTM": "LSTMParams", "GRU": "GRUParams", "RNN": "ElmanParams"}
 KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?")
+# The keys of an nn.LSTMCell, nn.GRUCell or nn.RNNCell: one layer, no "_l<k>".
+CELL_KEY = re.compile(r"weight_ih|weight_hh|bias_ih|bias_hh")
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")  # PyTorch's key order
 
 # A key as `(kind, layer, direction)`, e.g. ("weight_hh", 1, 0) for "weight_hh_l1".
@@ -131,13 +133,31 @@ def cell_sizes(p: Any) -> dict[str, Any]:
               proj=None if proj is None else proj.shape[1], bias=p.b_i is not None)
 
 
-def module_kwargs(fn: str, spec: Spec, cells: list[list[Any]]) -> dict[str, Any]:
-  """The PyTorch constructor arguments of `cells` (from `describe`).
+def _check_cell(fn: str, spec: Spec, first: dict[str, Any]) -> None:
+  """ValueError unless the params of `spec` are one cell's, as a PyTorch cell holds them."""
+  why = ("BidirectionalParams" if spec.bidirectional else
+         f"a tuple of {spec.num_layers} layer(s)" if spec.stacked else
+         f"LSTMParams with a projection (w_proj of proj_size={first['proj']})"
+         if first["proj"] is not None else None)
+  if why:
+    raise ValueError(
+        f"{fn}: `cell=True` needs one cell's params, as an nn.LSTMCell, nn.GRUCell or "
+        f"nn.RNNCell holds them (LSTMParams without w_proj, GRUParams or ElmanParams), got "
+        f"{why}. Leave `cell` out to export a module (nn.LSTM, nn.GRU or nn.RNN).")
+
+
+def module_kwargs(fn: str, spec: Spec, cells: list[list[Any]], *,
+                  cell: bool = False) -> dict[str, Any]:
+  """The PyTorch constructor arguments of `cells` (from `describe`): those of the module,
+  or with `cell` those of PyTorch's cell (`input_size`, `hidden_size`, `bias`).
 
   Raises a ValueError if the layers and directions differ in sizes, biases or
-  projection, or a layer's input size is not the previous layer's output size.
+  projection, or a layer's input size is not the previous layer's output size, or,
+  with `cell`, if the params are not one cell's without projection.
   """
   first = cell_sizes(cells[0][0])
+  if cell:
+    _check_cell(fn, spec, first)
   directions = 2 if spec.bidirectional else 1
   for layer, entries in enumerate(cells):
     for d, p in enumerate(entries):
@@ -158,6 +178,9 @@ def module_kwargs(fn: str, spec: Spec, cells: list[list[Any]]) -> dict[str, Any]
               f"{fn}: layer {layer}{' backward' if d else ''} has {what} {got[field]}, "
               f"expected {want[field]} ({reason}): a PyTorch module has one size for every "
               "layer and direction.")
+  if cell:
+    return dict(input_size=int(first["input"]), hidden_size=int(first["hidden"]),
+                bias=bool(first["bias"]))
   kw = dict(input_size=int(first["input"]), hidden_size=int(first["hidden"]),
             num_layers=spec.num_layers, bias=bool(first["bias"]),
             bidirectional=spec.bidirectional)

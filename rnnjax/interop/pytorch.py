@@ -1,11 +1,15 @@
 """PyTorch weights: `nn.RNN`, `nn.LSTM` and `nn.GRU` state dicts to and from rnnjax params.
 
+Also the modules themselves (`from_torch(module)` reads the mode from it), and
+`nn.RNNCell`, `nn.LSTMCell` and `nn.GRUCell`, which become rnnjax cells.
+
 The conversion works on plain arrays, so torch is needed neither to import this
 module nor to run a converted model: a `state_dict` may hold numpy arrays (for
 example saved with `np.savez`) or torch tensors, which are read with
 `np.asarray(t.detach().cpu())` without importing torch.
 
-`from_torch` always returns a `Layer` and its params; run it with
+`from_torch` returns a `Layer` and its params (a cell and its params for the
+state_dict of a PyTorch cell); run it with
 `ys, carry = layer.apply(params, xs, carry, lengths=lengths)`, where `xs` is time
 first, `[T, B, I]`, as PyTorch's default `batch_first=False`. The layer is
 built from the public pieces, as one would write it by hand:
@@ -47,7 +51,13 @@ import numpy as np
 
 from rnnjax._src import checks
 from rnnjax._src.layers import Layer
-from rnnjax.interop import _torch_carry, _torch_checks, _torch_import, _torch_layout
+from rnnjax.interop import (
+    _torch_carry,
+    _torch_checks,
+    _torch_import,
+    _torch_layout,
+    _torch_module,
+)
 
 __all__ = (
     "apply_like_torch",
@@ -63,12 +73,12 @@ __all__ = (
 _MODULE = "rnnjax.interop.pytorch"
 
 
-def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | None = None,
+def from_torch(state_dict: Any, *, mode: str | None = None, num_layers: int | None = None,
                bidirectional: bool | None = None, bias: bool | None = None,
                proj_size: int | None = None, input_size: int | None = None,
                hidden_size: int | None = None, prefix: str = "", dtype: Any = None,
-               dropout: float = 0.0) -> tuple[Layer, Any]:
-  """Builds the rnnjax layer and params of a PyTorch `nn.RNN`, `nn.LSTM` or `nn.GRU`.
+               dropout: float = 0.0) -> tuple[Any, Any]:
+  """Builds the rnnjax layer and params of a PyTorch `nn.RNN`, `nn.LSTM` or `nn.GRU` (or cell).
 
   The structure (layers, directions, biases, projection) and the sizes are read
   from the keys and shapes of `state_dict`; the optional arguments, when given,
@@ -77,11 +87,21 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
   time first (use `from_batch_first` for a `batch_first=True` module), or with
   `apply_like_torch`. See the module docstring for the layer built.
 
+  The state_dict of an `nn.LSTMCell`, `nn.GRUCell` or `nn.RNNCell` (keys `weight_ih`,
+  `weight_hh`, `bias_ih`, `bias_hh`, without `_l0`) gives the rnnjax cell instead of a
+  layer (`lstm`, `gru` or `elman`) and its params: step it with
+  `carry, h = cell.apply(params, carry, x)`, where the carry is `LSTMState(h, c)` for
+  PyTorch's `(h, c)` and `HiddenState(h)` for its `h`.
+
   Args:
     state_dict: `module.state_dict()`, or any mapping of the same names to arrays
-      (numpy arrays, torch tensors, jax arrays).
-    mode: `"LSTM"`, `"GRU"`, `"RNN_TANH"` or `"RNN_RELU"`, as PyTorch's `module.mode`
-      (an `nn.RNN` with `nonlinearity="relu"` has mode `"RNN_RELU"`).
+      (numpy arrays, torch tensors, jax arrays); or the PyTorch module itself (an
+      `nn.LSTM`, `nn.GRU`, `nn.RNN`, `nn.LSTMCell`, `nn.GRUCell` or `nn.RNNCell`, or a
+      subclass), whose `mode` and sizes are then read from the module.
+    mode: `"LSTM"`, `"GRU"`, `"RNN_TANH"` or `"RNN_RELU"`, in any case, as PyTorch's
+      `module.mode` (an `nn.RNN` with `nonlinearity="relu"` has mode `"RNN_RELU"`; an
+      `nn.LSTMCell` is `"LSTM"`). Needed with a state_dict; with a module it is read
+      from the module, and a `mode` given must agree.
     num_layers: optional check of the number of layers, as PyTorch's `num_layers`.
     bidirectional: optional check of the `_reverse` keys, as PyTorch's `bidirectional`.
     bias: optional check of the bias keys, as PyTorch's `bias`.
@@ -91,19 +111,24 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
     hidden_size: optional check of the hidden size, as PyTorch's `hidden_size`.
     prefix: the prefix of the RNN's keys in a larger model's state_dict, e.g.
       `"encoder.rnn."`. Keys without it are ignored; every key with it must belong
-      to the RNN.
+      to the RNN. A state_dict whose keys carry a prefix that was not given is
+      refused with a message that names it.
     dtype: the dtype of the returned params; `None` keeps the arrays' dtype.
     dropout: dropout between layers, for training on (see `rnnjax.stack`); PyTorch's
-      `dropout` is not in the state_dict. It is only active when `apply` gets a `key`.
+      `dropout` is not in the state_dict (pass `dropout=module.dropout`). It is only
+      active when `apply` gets a `key`.
 
   Returns:
-    `(layer, params)`: an `rnnjax.Layer` and its params, jax arrays in the cells' layout.
+    `(layer, params)`: an `rnnjax.Layer` and its params, jax arrays in the cells' layout;
+    for a cell's state_dict, `(cell, params)` with the rnnjax cell.
 
   Raises:
     ValueError: keys missing or unexpected (layers, directions, biases or a
       projection the state_dict should or should not have), a shape that does not
-      fit, weights of another mode, or a size other than one given.
-    TypeError: an argument or a value of the wrong type.
+      fit, weights of another mode, no `mode` with a state_dict, or a mode or size
+      other than one given (or than the module's).
+    TypeError: an argument or a value of the wrong type, or a module that is not
+      one of PyTorch's RNNs (the message names the RNNs it holds).
 
   Examples:
     >>> import numpy as np, jax.numpy as jnp
@@ -117,31 +142,40 @@ def from_torch(state_dict: Mapping[str, Any], *, mode: str, num_layers: int | No
     ((5, 3, 4), (2, 12), None)
   """
   fn = f"{_MODULE}.from_torch"
-  if not isinstance(state_dict, Mapping):
-    raise TypeError(
-        f"{fn}: `state_dict` must be a mapping of names to arrays (`module.state_dict()`), "
-        f"got {type(state_dict).__name__}.")
-  checks.choice(fn, "mode", mode, _torch_layout.MODES)
   _torch_checks.check_prefix(fn, prefix)
-  num_layers = _torch_checks.check_size(fn, "num_layers", num_layers)
-  bidirectional = _torch_checks.check_bool(fn, "bidirectional", bidirectional)
-  bias = _torch_checks.check_bool(fn, "bias", bias)
-  proj_size = _torch_checks.check_size(fn, "proj_size", proj_size, zero_ok=True)
-  input_size = _torch_checks.check_size(fn, "input_size", input_size)
-  hidden_size = _torch_checks.check_size(fn, "hidden_size", hidden_size)
+  given = dict(
+      num_layers=_torch_checks.check_size(fn, "num_layers", num_layers),
+      bidirectional=_torch_checks.check_bool(fn, "bidirectional", bidirectional),
+      bias=_torch_checks.check_bool(fn, "bias", bias),
+      proj_size=_torch_checks.check_size(fn, "proj_size", proj_size, zero_ok=True),
+      input_size=_torch_checks.check_size(fn, "input_size", input_size),
+      hidden_size=_torch_checks.check_size(fn, "hidden_size", hidden_size))
   dtype = _torch_checks.check_dtype(fn, dtype)
+  mode = None if mode is None else _torch_checks.mode_name(fn, mode)
+  if not isinstance(state_dict, Mapping):
+    state_dict, mode, given = _torch_module.read_module(fn, state_dict, mode=mode,
+                                                        prefix=prefix, given=given)
+  elif mode is None:
+    raise ValueError(
+        f"{fn}: `mode` is needed with a state_dict: PyTorch's `module.mode`, one of "
+        f"{', '.join(map(repr, _torch_layout.MODES))} (an nn.LSTMCell's is 'LSTM', an "
+        "nn.RNNCell's 'RNN_TANH' or 'RNN_RELU'). Or pass the module itself: "
+        "`from_torch(module)` reads its mode.")
 
-  found = _torch_import.read_keys(fn, state_dict, prefix)
+  found, cell = _torch_import.read_keys(fn, state_dict, prefix)
   structure = _torch_import.read_structure(
-      fn, found, mode=mode, prefix=prefix, num_layers=num_layers, bidirectional=bidirectional,
-      bias=bias, proj_size=proj_size)
+      fn, found, mode=mode, prefix=prefix, num_layers=given["num_layers"],
+      bidirectional=given["bidirectional"], bias=given["bias"],
+      proj_size=given["proj_size"], cell=cell)
   arrays = _torch_import.read_arrays(fn, state_dict, structure)
-  sizes = _torch_import.infer_sizes(fn, structure, arrays, dtype=dtype, hidden_size=hidden_size,
-                                    input_size=input_size, proj_size=proj_size)
+  sizes = _torch_import.infer_sizes(
+      fn, structure, arrays, dtype=dtype, hidden_size=given["hidden_size"],
+      input_size=given["input_size"], proj_size=given["proj_size"])
   return _torch_import.build_layer(structure, sizes, arrays, dtype=dtype, dropout=dropout)
 
 
-def to_torch(params: Any, *, mode: str | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+def to_torch(params: Any, *, mode: str | None = None, prefix: str = "",
+             cell: bool = False) -> dict[str, np.ndarray]:
   """The PyTorch `state_dict` of rnnjax params: the inverse of `from_torch`.
 
   Load it with `module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`
@@ -149,13 +183,20 @@ def to_torch(params: Any, *, mode: str | None = None, prefix: str = "") -> dict[
   `gru(reset_after=True)` (the default), and an `nn.RNN` must be made with the
   `elman` cell's `nonlinearity`: neither is visible in the params.
 
+  One cell's params fit both a one-layer `nn.LSTM` and an `nn.LSTMCell`, whose keys
+  differ (`weight_ih_l0` against `weight_ih`), so the target is chosen with `cell`:
+  the module's keys by default, the cell's with `cell=True`.
+
   Args:
     params: params as `from_torch` returns them (see the module docstring): a
       cell's params, `BidirectionalParams`, or a tuple of either, one per layer.
       Every layer must have the same cell, sizes, biases and projection, and each
       layer's input size must be the previous layer's output size.
-    mode: optional check that the params are of this PyTorch mode.
+    mode: optional check that the params are of this PyTorch mode (in any case).
     prefix: prepended to every key (e.g. `"rnn."`).
+    cell: export for an `nn.LSTMCell`, `nn.GRUCell` or `nn.RNNCell` (keys `weight_ih`,
+      `weight_hh`, `bias_ih`, `bias_hh`): `params` must be one cell's params, an
+      LSTM's without projection (PyTorch's cells have none).
 
   Returns:
     A dict of new (writable, C-ordered) numpy arrays in PyTorch's key order and
@@ -175,7 +216,7 @@ def to_torch(params: Any, *, mode: str | None = None, prefix: str = "") -> dict[
   _torch_checks.check_mode(fn, mode, spec.kind)
   _torch_checks.check_prefix(fn, prefix)
   # Checks that the layers fit together as one PyTorch module.
-  _torch_layout.module_kwargs(fn, spec, cells)
+  _torch_layout.module_kwargs(fn, spec, cells, cell=checks.boolean(fn, "cell", cell))
   out = {}
   for layer, entries in enumerate(cells):
     for d, p in enumerate(entries):
@@ -185,25 +226,30 @@ def to_torch(params: Any, *, mode: str | None = None, prefix: str = "") -> dict[
         values["weight_hr"] = values["weight_hr"].T
       for kind in _torch_layout.KINDS:
         if values[kind] is not None:
-          name = prefix + _torch_layout.key_name(kind, layer, d)
+          name = prefix + (kind if cell else _torch_layout.key_name(kind, layer, d))
           out[name] = np.array(values[kind], order="C")  # A copy.
   return out
 
 
-def torch_kwargs(params: Any) -> dict[str, Any]:
+def torch_kwargs(params: Any, *, cell: bool = False) -> dict[str, Any]:
   """The constructor arguments of the PyTorch module that `to_torch(params)` fits.
 
   Returns `input_size`, `hidden_size`, `num_layers`, `bias`, `bidirectional` and,
   for an LSTM, `proj_size` (0 without a projection): use them as
   `nn.LSTM(**kw, batch_first=...)`, `nn.GRU(**kw)` or `nn.RNN(**kw, nonlinearity=...)`.
+  With `cell=True`, those of `to_torch(params, cell=True)`: `input_size`,
+  `hidden_size` and `bias`, for `nn.LSTMCell(**kw)`, `nn.GRUCell(**kw)` or
+  `nn.RNNCell(**kw, nonlinearity=...)`.
 
   Args:
     params: params as `from_torch` returns them, as for `to_torch`.
+    cell: the arguments of PyTorch's cell (see `to_torch`), not of its module.
 
   Raises:
     ValueError: if the layers differ in cell, sizes, biases or projection, or a
       layer's input size is not the previous layer's output size, which a
-      PyTorch module cannot express.
+      PyTorch module cannot express; with `cell=True`, params other than one
+      cell's without projection.
 
   Examples:
     >>> import jax, rnnjax
@@ -214,7 +260,7 @@ def torch_kwargs(params: Any) -> dict[str, Any]:
   """
   fn = f"{_MODULE}.torch_kwargs"
   spec, cells = _torch_layout.describe(fn, params)
-  return _torch_layout.module_kwargs(fn, spec, cells)
+  return _torch_layout.module_kwargs(fn, spec, cells, cell=checks.boolean(fn, "cell", cell))
 
 
 def carry_from_torch(params: Any, hx: Any) -> Any:
