@@ -43,6 +43,10 @@ from rnnjax._src.linear import with_recurrence as with_recurrence
 from rnnjax._src.model import SequenceModel as SequenceModel
 from rnnjax._src.model import SequenceModelParams as SequenceModelParams
 from rnnjax._src.model import sequence_model as sequence_model
+from rnnjax._src.packing import pack as pack
+from rnnjax._src.packing import pad as pad
+from rnnjax._src.packing import unpack as unpack
+from rnnjax._src.packing import unpad as unpad
 from rnnjax._src.parallel import auto_engine as auto_engine
 from rnnjax._src.parallel import parallel_unroll as parallel_unroll
 from rnnjax._src.progress import ProgressBar as ProgressBar
@@ -99,6 +103,8 @@ __all__ = (
     "mgu",
     "mingru",
     "minlstm",
+    "pack",
+    "pad",
     "parallel_unroll",
     "restore_best",
     "rglru",
@@ -107,6 +113,8 @@ __all__ = (
     "stack",
     "train_state",
     "truncated_unroll",
+    "unpack",
+    "unpad",
     "unroll",
     "with_recurrence",
 )
