@@ -146,15 +146,7 @@ def _check_prompt(prompt: Any, vocab: int) -> Any:
     raise ValueError(
         f"{_FN}: `prompt` must be token ids of shape [P] or [P, B] (time first) with P >= 1, "
         f"got prompt.shape={tuple(prompt.shape)}.")
-  if not isinstance(prompt, jax.core.Tracer):
-    host = np.asarray(prompt)
-    bad = (host < 0) | (host >= vocab)
-    if bad.any():
-      where = tuple(int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(
-          f"{_FN}: token ids in `prompt` must lie in [0, vocab_size) = [0, {vocab}), got "
-          f"{int(host[where])} at prompt[{', '.join(map(str, where))}] ({int(bad.sum())} "
-          "out-of-range id(s)).")
+  model_lib.check_token_ids(_FN, "prompt", prompt, vocab)
   return jnp.asarray(prompt, jnp.int32)
 
 

@@ -147,6 +147,28 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
   return SequenceModel(init, initial_carry, apply)
 
 
+def check_token_ids(fn: str, name: str, ids: Any, vocab: int, valid: Any = None) -> None:
+  """Concrete token ids must lie in `[0, vocab)` (at the steps where `valid`, if given).
+
+  Nothing is checked under `jit` (`ids` or `valid` traced): there an out-of-range id
+  embeds to NaN. The message names the first bad position of `name`.
+  """
+  if isinstance(ids, jax.core.Tracer) or isinstance(valid, jax.core.Tracer):
+    return
+  host = np.asarray(ids)
+  bad = (host < 0) | (host >= vocab)
+  if valid is not None:
+    bad &= np.asarray(valid)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    at_valid = "" if valid is None else " at valid steps"
+    hint = "" if valid is None else " Steps at or past `lengths` may hold any id."
+    raise ValueError(
+        f"{fn}: token ids in `{name}` must lie in [0, vocab_size) = [0, {vocab}), got "
+        f"{int(host[where])} at {name}[{', '.join(map(str, where))}] ({int(bad.sum())} "
+        f"out-of-range id(s){at_valid}).{hint}")
+
+
 def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any, *,
                  time_major: bool = True) -> jax.Array:
   """`embed[ids]`: token ids `[T, ...]` -> `[T, ..., E]`, reading valid steps only.
@@ -182,17 +204,7 @@ def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any, *,
     lengths = jnp.clip(lengths, 0, num_steps).astype(jnp.int32)
     valid = (time.reshape((-1,) + (1,) * len(batch)) < lengths if time_major
              else time < lengths[..., None])
-  if not isinstance(ids, jax.core.Tracer) and not isinstance(valid, jax.core.Tracer):
-    host = np.asarray(ids)
-    bad = (host < 0) | (host >= vocab)
-    if valid is not None:
-      bad &= np.asarray(valid)
-    if bad.any():
-      where = tuple(int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(
-          f"{fn}: token ids in `xs` must lie in [0, vocab_size) = [0, {vocab}), got "
-          f"{int(host[where])} at xs[{', '.join(map(str, where))}] ({int(bad.sum())} "
-          "out-of-range id(s) at valid steps). Steps at or past `lengths` may hold any id.")
+  check_token_ids(fn, "xs", ids, vocab, valid)
   in_range = (ids >= 0) & (ids < vocab)
   read = in_range if valid is None else in_range & valid
   vectors = jnp.take(embed, jnp.where(read, ids, 0), axis=0)
