@@ -124,13 +124,18 @@ def check_dtype(fn: str, dtype: Any) -> Any:
 
 def gated_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, gates: int, *,
                   kernel_init: Any, recurrent_init: Any, dtype: Any, use_bias: bool,
-                  fill: dict[int, float] | None = None, recurrent_rows: int | None = None
-                  ) -> dict[str, jax.Array | None]:
+                  fill: dict[int, float] | None = None, recurrent_rows: int | None = None,
+                  pytorch: bool = False) -> dict[str, jax.Array | None]:
   """The fused `w_i: [I, G*H]`, `w_h: [R, G*H]`, `b_i, b_h: [G*H]` of a cell with `G` gates.
 
   `R` is `recurrent_rows` (the LSTM's projection size) or `H`. Each gate's block is
   drawn on its own; `fill` sets gate slices of `b_i` (see `cell.gated_biases`).
+  With `pytorch` (`init="pytorch"`), they are `pytorch_weights` instead: the
+  initializers and `fill` do not apply (`init_scheme` refuses them alongside).
   """
+  if pytorch:
+    return pytorch_weights(fn, key, input_size, hidden_size, gates, dtype=dtype,
+                           use_bias=use_bias, recurrent_rows=recurrent_rows)
   input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
   k_i, k_h = jax.random.split(key)
   b_i, b_h = cell_lib.gated_biases(gates, hidden_size, dtype, use_bias=use_bias, fill=fill)

@@ -72,12 +72,9 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
 
   def init_params(key: jax.Array, input_size: int) -> ElmanParams:
     checks.key(f"{fn}.init", "key", key)
-    if pytorch:
-      return ElmanParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 1,
-                                                  dtype=dtype, use_bias=use_bias))
     return ElmanParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 1, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias))
+        dtype=dtype, use_bias=use_bias, pytorch=pytorch))
 
   def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, ElmanParams, batch_shape)

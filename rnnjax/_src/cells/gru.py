@@ -78,12 +78,9 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
 
   def init_params(key: jax.Array, input_size: int) -> GRUParams:
     checks.key(f"{fn}.init", "key", key)
-    if pytorch:
-      return GRUParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 3,
-                                                dtype=dtype, use_bias=use_bias))
     return GRUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 3, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias))
+        dtype=dtype, use_bias=use_bias, pytorch=pytorch))
 
   def initial_carry(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, GRUParams, batch_shape)

@@ -99,14 +99,11 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     if proj_size is not None:
       w_init = common.pytorch_uniform(hidden_size) if pytorch else cell_lib.default_kernel_init()
       w_proj = cell_lib.draw(w_init, k_p, (hidden_size, proj_size), dtype)
-    if pytorch:
-      return LSTMParams(**common.pytorch_weights(
-          fn, k_gates, input_size, hidden_size, 4, dtype=dtype, use_bias=use_bias,
-          recurrent_rows=out_size), w_proj=w_proj)
     return LSTMParams(
         **common.gated_weights(fn, k_gates, input_size, hidden_size, 4, kernel_init=k_init,
                                recurrent_init=r_init, dtype=dtype, use_bias=use_bias,
-                               fill={1: forget_bias}, recurrent_rows=out_size),
+                               fill={1: forget_bias}, recurrent_rows=out_size,
+                               pytorch=pytorch),
         w_proj=w_proj)
 
   def initial_carry(params: LSTMParams, batch_shape: tuple[int, ...] = ()) -> LSTMState:

@@ -78,12 +78,9 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
 
   def init_params(key: jax.Array, input_size: int) -> MGUParams:
     checks.key(f"{fn}.init", "key", key)
-    if pytorch:
-      return MGUParams(**common.pytorch_weights(fn, key, input_size, hidden_size, 2,
-                                                dtype=dtype, use_bias=use_bias))
     return MGUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 2, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias, fill={0: forget_bias}))
+        dtype=dtype, use_bias=use_bias, fill={0: forget_bias}, pytorch=pytorch))
 
   def initial_carry(params: MGUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, MGUParams, batch_shape)
