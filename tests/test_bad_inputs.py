@@ -50,7 +50,20 @@ def _shape_of(f, *args):
 LSTM, GRU, ELMAN, MINGRU, MINLSTM = (rnnjax.lstm(H), rnnjax.gru(H), rnnjax.elman(H),
                                      rnnjax.mingru(H), rnnjax.minlstm(H, log_space=True))
 LRU, RGLRU = rnnjax.lru(H), rnnjax.rglru(H)
-GRU16 = rnnjax.gru(H, dtype=jnp.bfloat16)
+GRU16 = rnnjax.gru(H, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+
+
+def _user_init(key, input_size):
+  return {"w": jnp.zeros((input_size, H), jnp.bfloat16), "u": jnp.zeros((H, H), jnp.bfloat16)}
+
+
+def _user_apply(params, carry, x, *, key=None):  # no casting: an f32 x gives an f32 carry
+  h = jnp.tanh(x @ params["w"] + carry @ params["u"])
+  return h, h
+
+
+USER16 = rnnjax.Cell(_user_init, lambda p, batch_shape=(): jnp.zeros((*batch_shape, H),
+                                                                     jnp.bfloat16), _user_apply)
 STACK = rnnjax.stack([LSTM, GRU])
 DROP_STACK = rnnjax.stack([LSTM, GRU], dropout=0.5)
 BIDI = rnnjax.bidirectional(GRU, GRU)
@@ -214,12 +227,15 @@ CASES = [
      VE, r"rnnjax\.lstm\.apply: `x` must be an array of shape \[\.\.\., I\]"),
     ("lstm-apply-x-list", lambda: LSTM.apply(P_LSTM, C_LSTM, [0.0] * I),
      VE, r"rnnjax\.lstm\.apply: `x` must be an array"),
-    ("gru16-apply-f32-x", _apply(GRU16, P_GRU16, GRU16.initial_carry(P_GRU16, (B,))),
-     TE, r"rnnjax\.gru\.apply: x has dtype float32 but the cell's params are bfloat16"),
+    ("gru16-apply-int-x", _apply(GRU16, P_GRU16, GRU16.initial_carry(P_GRU16, (B,)),
+                                 _zeros((B, I), jnp.int32)),
+     TE, r"rnnjax\.gru\.apply: `x` must hold floating-point values \(any float dtype; the cell "
+     r"computes in bfloat16\), got dtype int32"),
     ("gru-apply-int-carry", _apply(GRU, P_GRU, C_GRU._replace(h=_zeros((B, H), jnp.int32))),
      TE, r"rnnjax\.gru\.apply: `carry\.h` has dtype int32, expected float32"),
     ("gru-apply-int-x", _apply(GRU, P_GRU, C_GRU, _zeros((B, I), jnp.int32)),
-     TE, r"rnnjax\.gru\.apply: x has dtype int32 but the cell's params are float32"),
+     TE, r"rnnjax\.gru\.apply: `x` must hold floating-point values \(any float dtype; the cell "
+     r"computes in float32\), got dtype int32\. Integer token ids need an embedding first"),
     ("lru-apply-real-carry", _apply(LRU, P_LRU, C_LRU._replace(h=_zeros((B, H)))),
      TE, r"rnnjax\.lru\.apply: `carry\.h` has dtype float32, expected complex64"),
     ("mingru-apply-minlstm-params", _apply(MINGRU, P_MINLSTM, C_GRU),
@@ -244,10 +260,13 @@ CASES = [
      TE, r"rnnjax\.lstm: `params` must be LSTMParams.*GRUParams"),
     ("unroll-dict-params", lambda: rnnjax.unroll(LSTM, dict(P_LSTM._asdict()), XS),
      TE, r"rnnjax\.lstm: `params` must be LSTMParams.*dict"),
-    ("unroll-f32-xs-bf16-cell", _unroll(GRU16, P_GRU16),
+    ("unroll-f32-xs-user-bf16-cell", _unroll(USER16, _params(USER16)),
      TE,
      r"rnnjax\.unroll: xs has dtype float32 but the cell's params are bfloat16; cast xs with "
      r"xs\.astype\(jnp\.bfloat16\)"),
+    ("unroll-int-xs-bf16-cell", _unroll(GRU16, P_GRU16, _zeros((T, B, I), jnp.int32)),
+     TE, r"rnnjax\.unroll: xs has dtype int32 but the cell's params are bfloat16; cast xs with "
+     r"xs\.astype\(jnp\.bfloat16\)\.$"),
     ("unroll-int-xs", _unroll(GRU, P_GRU, _zeros((T, B, I), jnp.int32)),
      TE, r"rnnjax\.unroll: xs has dtype int32 but the cell's params are float32"),
     ("unroll-int-carry", _unroll(GRU, P_GRU, XS, C_GRU._replace(h=_zeros((B, H), jnp.int32))),
@@ -281,8 +300,8 @@ CASES = [
      VE, r"rnnjax\.parallel_unroll: `engine` must be one of"),
     ("parallel-chunk-zero", lambda: rnnjax.parallel_unroll(MINGRU, P_MINGRU, XS, chunk=0),
      VE, r"rnnjax\.parallel_unroll: `chunk` must be a positive"),
-    ("parallel-xs-dtype", lambda: rnnjax.parallel_unroll(MINGRU, P_MINGRU, XS.astype(jnp.bfloat16)),
-     TE, r"rnnjax\.parallel_unroll: xs has dtype bfloat16 but the cell's params are float32"),
+    ("parallel-xs-dtype", lambda: rnnjax.parallel_unroll(MINGRU, P_MINGRU, XS.astype(jnp.int32)),
+     TE, r"rnnjax\.parallel_unroll: xs has dtype int32 but the cell's params are float32"),
     ("parallel-minlstm-params", lambda: rnnjax.parallel_unroll(MINGRU, P_MINLSTM, XS),
      TE, r"rnnjax\.mingru: `params` must be MinGRUParams"),
     ("parallel-log-space-negative-carry",

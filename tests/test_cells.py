@@ -124,8 +124,9 @@ def _unroll(cell, params, xs, carry, lengths):
 
 @functools.cache
 def _cell(name: str, dtype: Any = jnp.float32) -> rnnjax.Cell:
+  """The variant with params, carry and computation all in `dtype`."""
   v = VARIANTS[name]
-  return v.factory(H, dtype=dtype, **v.options)
+  return v.factory(H, dtype=dtype, param_dtype=dtype, **v.options)
 
 
 # ---- Helpers. ----
@@ -659,17 +660,19 @@ def test_wrong_feature_size(name, rng):
 # Shapes and dtypes only (`jax.eval_shape`): every check here runs at trace time, so nothing
 # is compiled. Every built-in cell, a stack, and the LSTM with a projection.
 
+# Built with params and computation in one dtype `d` (`param_dtype=d`).
 DTYPE_CELLS = {
-    "elman": lambda d: rnnjax.elman(H, dtype=d),
-    "lstm": lambda d: rnnjax.lstm(H, dtype=d),
-    "lstm_proj": lambda d: rnnjax.lstm(H, proj_size=P, dtype=d),
-    "gru": lambda d: rnnjax.gru(H, dtype=d),
-    "mgu": lambda d: rnnjax.mgu(H, dtype=d),
-    "mingru": lambda d: rnnjax.mingru(H, dtype=d),
-    "minlstm": lambda d: rnnjax.minlstm(H, log_space=True, dtype=d),
-    "lru": lambda d: rnnjax.lru(H, dtype=d),
-    "rglru": lambda d: rnnjax.rglru(H, dtype=d),
-    "stack": lambda d: rnnjax.stack([rnnjax.lstm(H, dtype=d), rnnjax.mingru(H, dtype=d)]),
+    "elman": lambda d: rnnjax.elman(H, dtype=d, param_dtype=d),
+    "lstm": lambda d: rnnjax.lstm(H, dtype=d, param_dtype=d),
+    "lstm_proj": lambda d: rnnjax.lstm(H, proj_size=P, dtype=d, param_dtype=d),
+    "gru": lambda d: rnnjax.gru(H, dtype=d, param_dtype=d),
+    "mgu": lambda d: rnnjax.mgu(H, dtype=d, param_dtype=d),
+    "mingru": lambda d: rnnjax.mingru(H, dtype=d, param_dtype=d),
+    "minlstm": lambda d: rnnjax.minlstm(H, log_space=True, dtype=d, param_dtype=d),
+    "lru": lambda d: rnnjax.lru(H, dtype=d, param_dtype=d),
+    "rglru": lambda d: rnnjax.rglru(H, dtype=d, param_dtype=d),
+    "stack": lambda d: rnnjax.stack([rnnjax.lstm(H, dtype=d, param_dtype=d),
+                                     rnnjax.mingru(H, dtype=d, param_dtype=d)]),
 }
 # The documented carry dtype: the params' dtype; the LRU's complex h is complex64 (complex128
 # for float64 params).
@@ -705,15 +708,22 @@ def test_apply_returns_the_carry_dtype_it_was_given(name, dtype, promotion):
 
 @pytest.mark.parametrize("promotion", ["strict", "standard"])
 @pytest.mark.parametrize("name", DTYPE_CELLS)
-def test_apply_refuses_an_input_of_another_dtype(name, promotion):
-  # Before: a TypePromotionError from inside the step (strict), or (standard) a float32 carry
-  # out of a bfloat16 cell, which breaks any `lax.scan` over `apply`.
+def test_apply_casts_a_floating_input_and_refuses_integers(name, promotion):
+  # A float32 input to a bfloat16 cell is cast (the mixed-precision policy: inputs of any
+  # floating dtype are cast to the compute dtype), so the carry keeps its dtype; an integer
+  # input is refused by name. Before the policy: a TypePromotionError from inside the step
+  # (strict), or (standard) a float32 carry out of a bfloat16 cell.
   cell, params, carry = _shapes(name, "bfloat16")
+  with jax.numpy_dtype_promotion(promotion):
+    new, y = jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct((B, I), jnp.float32))
+  assert [a.dtype for a in jax.tree_util.tree_leaves(new)] == [
+      a.dtype for a in jax.tree_util.tree_leaves(carry)]
+  assert y.dtype == jnp.bfloat16
   first = "lstm" if name == "stack" else _family(name)  # The stack's first layer reads x.
   with jax.numpy_dtype_promotion(promotion), pytest.raises(TypeError, match=re.escape(
-      f"rnnjax.{first}.apply: x has dtype float32 but the cell's params are bfloat16; cast x "
-      "with x.astype(jnp.bfloat16) (or build the cell with dtype=jnp.float32)")):
-    jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct((B, I), jnp.float32))
+      f"rnnjax.{first}.apply: `x` must hold floating-point values (any float dtype; the cell "
+      "computes in bfloat16), got dtype int32.")):
+    jax.eval_shape(cell.apply, params, carry, jax.ShapeDtypeStruct((B, I), jnp.int32))
 
 
 @pytest.mark.parametrize("bad", ["int32", "float32"])
@@ -742,11 +752,17 @@ def test_unroll_names_mismatched_xs_and_carry_dtypes(name, promotion):
 
 def _check_unroll_dtype_errors(name):
   cell, params, carry = _shapes(name, "bfloat16")
-  xs = jax.ShapeDtypeStruct((T, B, I), jnp.float32)
+  xs = jax.ShapeDtypeStruct((T, B, I), jnp.int32)
   with pytest.raises(TypeError, match=re.escape(
-      "rnnjax.unroll: xs has dtype float32 but the cell's params are bfloat16; cast xs with "
-      "xs.astype(jnp.bfloat16) (or build the cell with dtype=jnp.float32)")):
+      "rnnjax.unroll: xs has dtype int32 but the cell's params are bfloat16; cast xs with "
+      "xs.astype(jnp.bfloat16).")):
     jax.eval_shape(lambda p, x: rnnjax.unroll(cell, p, x), params, xs)
+  # A floating xs of another dtype is cast by the cell: the carry keeps its dtype.
+  ys, final = jax.eval_shape(lambda p, x: rnnjax.unroll(cell, p, x), params,
+                             jax.ShapeDtypeStruct((T, B, I), jnp.float32))
+  assert ys.dtype == jnp.bfloat16
+  assert [a.dtype for a in jax.tree_util.tree_leaves(final)] == [
+      a.dtype for a in jax.tree_util.tree_leaves(carry)]
   xs = jax.ShapeDtypeStruct((T, B, I), jnp.bfloat16)
   wrong = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.int32), carry)
   path = "[0].h" if name == "stack" else ".h"
@@ -806,7 +822,7 @@ def test_pytorch_init_draws_every_weight_and_bias_uniformly():
 
 
 def test_pytorch_init_keeps_use_bias_and_dtype():
-  params = rnnjax.gru(H, init="pytorch", use_bias=False, dtype=jnp.bfloat16).init(
+  params = rnnjax.gru(H, init="pytorch", use_bias=False, param_dtype=jnp.bfloat16).init(
       jax.random.key(0), I)
   assert params.b_i is None and params.b_h is None
   assert params.w_i.dtype == params.w_h.dtype == jnp.bfloat16

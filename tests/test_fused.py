@@ -37,7 +37,23 @@ CELLS = {
     "gru_no_bias": lambda dtype=jnp.float32: rnnjax.gru(H, use_bias=False, dtype=dtype),
     "stack": lambda dtype=jnp.float32: rnnjax.stack(
         [rnnjax.lstm(H, dtype=dtype), rnnjax.gru(H, dtype=dtype)], dropout=0.5),
+    # Mixed precision: float32 params and carry, bfloat16 products accumulated in float32.
+    "lstm_bf16": lambda: rnnjax.lstm(H, dtype=jnp.bfloat16),
+    "gru_bf16": lambda: rnnjax.gru(H, dtype=jnp.bfloat16),
+    "gru_reset_before_bf16": lambda: rnnjax.gru(H, reset_after=False, dtype=jnp.bfloat16),
+    # All bfloat16 (params and carry too); the gates still run in float32.
+    "lstm_all_bf16": lambda: rnnjax.lstm(H, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16),
 }
+# In bfloat16 the outputs and forward-mode tangents agree to 1e-6 or better (measured: the
+# same roundings of the same values), but reverse mode sums a weight's gradient as one
+# [T*B]-row product rounded once to bfloat16, where the generic path rounds each step's
+# product (8 bits of mantissa: 2^-8 = 0.4% a rounding). Measured over 6 seeds and every
+# variant: at most 9.4e-3 relative; the bound leaves a factor 2.
+BF16_RTOL = 2e-2
+
+
+def _rtol(name: str) -> float:
+  return BF16_RTOL if name.endswith("bf16") else RTOL
 _CELL_OBJECTS = {name: make() for name, make in CELLS.items()}
 
 
@@ -70,7 +86,7 @@ def _inputs(name, seed, zero_carry):
   xs = jax.random.normal(k[0], (T, B, I))
   leaves, tree = jax.tree_util.tree_flatten(cell.initial_carry(params, (B,)))
   carry = jax.tree_util.tree_unflatten(tree, [
-      jnp.where(zero_carry, 0.0, jax.random.normal(kk, a.shape)) for a, kk in zip(
+      jnp.where(zero_carry, 0.0, jax.random.normal(kk, a.shape)).astype(a.dtype) for a, kk in zip(
           leaves, jax.random.split(k[1], len(leaves)), strict=True)])
   weights = jax.random.normal(k[2], (T, B, H))
   tangents = jax.tree_util.tree_map(
@@ -115,8 +131,9 @@ def _everything(name, params, xs, carry, lengths, resets, weights, tangents):
         # output cotangent and both carry cotangents are non-trivial.
         out = run(p, x, c)
         ys, final = out
-        value = jnp.sum(ys * weights) + sum(jnp.sum(jnp.sin(leaf))
-                                            for leaf in jax.tree_util.tree_leaves(final))
+        value = jnp.sum(ys.astype(jnp.float32) * weights) + sum(
+            jnp.sum(jnp.sin(leaf.astype(jnp.float32)))
+            for leaf in jax.tree_util.tree_leaves(final))
         return value, out
 
       grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, carry)
@@ -135,12 +152,13 @@ def test_fast_path_equals_plain_autodiff(name, seed, zero_carry, lengths, resets
   params, xs, carry, weights, tangents = _inputs(name, seed, zero_carry)
   results = _everything(name, params, xs, carry, jnp.asarray(lengths), jnp.asarray(resets),
                         weights, tangents)
+  rtol = _rtol(name)
   for variant in _variants(name):
     want, got = results[(*variant, False)], results[(*variant, True)]
-    assert _max_rel(want[0], got[0]) <= RTOL, variant  # outputs and final carry
+    assert _max_rel(want[0], got[0]) <= rtol, variant  # outputs and final carry
     for want_g, got_g in zip(want[1], got[1], strict=True):  # d params, d xs, d carry
-      assert _max_rel(want_g, got_g) <= RTOL, variant
-    assert _max_rel(want[2], got[2]) <= RTOL, variant  # forward mode: d outputs, d final carry
+      assert _max_rel(want_g, got_g) <= rtol, variant
+    assert _max_rel(want[2], got[2]) <= rtol, variant  # forward mode: d outputs, d final carry
 
 
 def _uses_fast_path(cell, params, xs, **kwargs) -> bool:
@@ -161,12 +179,10 @@ def test_fast_path_is_chosen_for_lstm_and_gru(name):
 
 
 @pytest.mark.parametrize("cell", [
-    rnnjax.lstm(H, proj_size=2), rnnjax.lstm(H, dtype=jnp.bfloat16),
-    rnnjax.gru(H, dtype=jnp.bfloat16),
+    rnnjax.lstm(H, proj_size=2), rnnjax.lstm(H, proj_size=2, dtype=jnp.bfloat16),
     rnnjax.elman(H), rnnjax.mgu(H), rnnjax.stack([rnnjax.lstm(H), rnnjax.elman(H)]),
     rnnjax.stack([rnnjax.lstm(H), rnnjax.lstm(H, proj_size=2)])],
-    ids=["lstm_proj", "lstm_bf16", "gru_bf16", "elman", "mgu", "stack_with_elman",
-         "stack_with_proj"])
+    ids=["lstm_proj", "lstm_proj_bf16", "elman", "mgu", "stack_with_elman", "stack_with_proj"])
 def test_generic_path_where_no_fast_path_applies(cell):
   params = cell.init(jax.random.key(0), I)
   dtype = jax.tree_util.tree_leaves(params)[0].dtype

@@ -68,11 +68,13 @@ def rglru_step(p, state, x, c=8.0):
 
 # ---- The variants under test: cell, reference step, state layout. ----
 
+# Each in `dtype` throughout (params and products; pure bfloat16 for bfloat16).
 CELLS = {
-    "lru": lambda dtype=jnp.float32: lru(N, dtype=dtype),
-    "lru_dense_d": lambda dtype=jnp.float32: lru(N, output_size=O, r_min=0.5, dtype=dtype),
-    "rglru": lambda dtype=jnp.float32: rglru(H, dtype=dtype),
-    "rglru_c3": lambda dtype=jnp.float32: rglru(H, c=3.0, dtype=dtype),
+    "lru": lambda dtype=jnp.float32: lru(N, dtype=dtype, param_dtype=dtype),
+    "lru_dense_d": lambda dtype=jnp.float32: lru(N, output_size=O, r_min=0.5, dtype=dtype,
+                                                 param_dtype=dtype),
+    "rglru": lambda dtype=jnp.float32: rglru(H, dtype=dtype, param_dtype=dtype),
+    "rglru_c3": lambda dtype=jnp.float32: rglru(H, c=3.0, dtype=dtype, param_dtype=dtype),
 }
 NAMES = list(CELLS)
 STEPS = {

@@ -44,8 +44,9 @@ FACTORIES = {"mingru": mingru, "minlstm": minlstm}
 
 @functools.cache
 def _cell(name: str, dtype: Any = jnp.float32, size: int = H) -> rnnjax.Cell:
+  """The cell in `dtype` throughout (params, carry, products): pure bfloat16 for bfloat16."""
   factory, log_space, _, _ = VARIANTS[name]
-  return factory(size, log_space=log_space, dtype=dtype)
+  return factory(size, log_space=log_space, dtype=dtype, param_dtype=dtype)
 
 
 # ---- The paper's equations, float64, one step and one sequence at a time. ----
@@ -427,7 +428,7 @@ def test_gradients_match_finite_differences(name, rng):
 @pytest.mark.parametrize("name", NAMES)
 def test_init_layout(name, dtype, use_bias):
   factory, log_space, params_type, gates = VARIANTS[name]
-  cell = factory(H, log_space=log_space, use_bias=use_bias, dtype=dtype)
+  cell = factory(H, log_space=log_space, use_bias=use_bias, dtype=dtype, param_dtype=dtype)
   params = jax.eval_shape(lambda key: cell.init(key, I), jax.random.key(0))
   assert type(params) is params_type
   assert params._fields == ("w", "b")

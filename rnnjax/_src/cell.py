@@ -119,10 +119,10 @@ class Cell(Identified, _CellFields):
     apply: `apply(params, carry, x, *, key=None) -> (carry, y)` with
       `x: [..., I]`. `key` is only used by cells with randomness (a `stack` with
       dropout); the built-in cells accept and ignore it. The built-in cells
-      compute in the dtype of their params: `x` must have that dtype and the
-      carry the dtypes of `initial_carry` (a TypeError says which and how to
-      cast), so the new carry has the dtype of the carry given and a
-      `lax.scan` over `apply` keeps its carry type.
+      cast an `x` of any floating dtype to their compute dtype (`dtype`); the
+      carry must have the dtypes of `initial_carry` (the params'; a TypeError
+      says which and how to cast), so the new carry has the dtype of the carry
+      given and a `lax.scan` over `apply` keeps its carry type.
     input_size: optional `input_size(params) -> int`, the feature size `I` the
       params were made for. Engines use it to check inputs with a clear message;
       a user-written cell may leave it `None`.
@@ -151,7 +151,10 @@ def _normalised(name: str, value: Any) -> Any:
   """`value` as it enters a factory's identity: equal values compare equal, others by identity."""
   if name.endswith("dtype") and value is not None:
     try:
-      return jnp.dtype(value)  # "float32", jnp.float32 and np.dtype("float32") alike
+      # "float32", jnp.float32 and np.dtype("float32") alike. By name: a NumPy dtype
+      # compares equal to None (np.dtype(None) is float64), which would make
+      # `param_dtype=jnp.float64` equal to the default `param_dtype=None`.
+      return jnp.dtype(value).name
     except TypeError:
       return _Same(value)
   if value is None or isinstance(value, (bool, int, float, complex, str)):
@@ -184,7 +187,7 @@ def factory(fn: Callable[..., Any]) -> Callable[..., Any]:
   The built object prints as the call (`lstm(hidden_size=32)`, only the
   arguments that differ from their defaults) and compares and hashes by the
   name and every argument, normalised: `lstm(8) == lstm(hidden_size=8,
-  dtype="float32")`; numbers and strings by value, dtypes as `jnp.dtype`,
+  dtype="float32")`; numbers and strings by value, dtypes by name,
   sequences item by item, cells by their own identity, and anything else
   (initializer functions, arrays, unhashable objects) by identity. A fresh but
   equal cell passed to `jax.jit` as a static argument therefore hits the

@@ -14,6 +14,13 @@ of a linear cell is `HiddenState(h)` with `h: [..., S]`. `readout=None` means
 their log-space form), gives `log a` and `log b`; the parallel engine then scans
 in log space, as the papers do, and needs a carry `h >= 0`.
 
+Dtypes: the built-in cells take `xs` of any floating dtype (cast to their compute
+dtype) and give `a`, `b` (and `log a`, `log b`) in their accumulation dtype, float32
+for a bfloat16 cell, as their step computes (`precision.Precision`); `readout` gives
+the compute dtype. `parallel_unroll` scans in the pairs' dtype, then casts the final
+carry to the carry's dtype and `ys` to the dtype of `apply`'s outputs, so that it
+returns the dtypes `unroll` does.
+
 The recurrence is attached to the cell's `apply` (`with_recurrence`); a cell
 whose `apply` is replaced loses it, and `parallel_unroll` then refuses the cell.
 A `stack` of linear cells is not itself linear in its carry (each layer reads

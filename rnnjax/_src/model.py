@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, layers
+from rnnjax._src import checks, layers, precision
 from rnnjax._src import linear as linear_lib
 from rnnjax._src import parallel as parallel_lib
 from rnnjax._src import unroll as unroll_lib
@@ -42,7 +42,8 @@ class SequenceModel(NamedTuple):
 
 def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, output_size: int,
                    vocab_size: int | None = None, embed_size: int = 64,
-                   engine: str = "auto") -> SequenceModel:
+                   engine: str = "auto", dtype: Any = jnp.float32,
+                   param_dtype: Any = None) -> SequenceModel:
   """Wraps a recurrent core with an input encoder and a linear read-out.
 
   Args:
@@ -64,6 +65,12 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       `"chunked"` (`parallel_unroll`; the core must be linear). The engines give
       the same answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a
       `key`) run sequentially: `"auto"` falls back, `"parallel"`/`"chunked"` refuse.
+    dtype: the compute dtype of the embedding and the read-out, as the cells'
+      `dtype` (`jnp.bfloat16` for mixed precision: build the core's cells with it
+      too). The read-out accumulates in float32 (or wider) and returns `preds` in
+      that dtype, so that losses are computed in float32.
+    param_dtype: the dtype of the embedding and read-out params; default float32
+      (float64 with `dtype=jnp.float64`).
 
   `apply` takes `time_major=False` for batch-major inputs (`[B, T, I]` floats or
   `[B, T]` token ids; `lengths` stays `[B]`) and then returns `[B, T, O]`, as
@@ -88,6 +95,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
   else:
     core_in = checks.positive_int(fn, "input_size", input_size)
   is_cell = isinstance(core, cell_lib.Cell)
+  prec = precision.policy(fn, dtype, param_dtype)
   if engine not in ENGINES:
     raise ValueError(f"{fn}: `engine` must be one of {ENGINES}, got {engine!r}.")
   linear = linear_lib.is_linear(core)
@@ -103,11 +111,12 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     k_e, k_c, k_o = jax.random.split(key, 3)
     embed = None
     if vocab_size is not None:
-      embed = jax.random.normal(k_e, (vocab_size, embed_size), jnp.float32)
+      embed = cell_lib.draw(jax.random.normal, k_e, (vocab_size, embed_size), prec.param)
     core_params = core.init(k_c, core_in)
     core_out = layers.output_size(core, core_params, core_in)
-    w_out = jax.nn.initializers.lecun_normal()(k_o, (core_out, output_size), jnp.float32)
-    return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), jnp.float32))
+    w_out = cell_lib.draw(jax.nn.initializers.lecun_normal(), k_o, (core_out, output_size),
+                          prec.param)
+    return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), prec.param))
 
   def initial_carry(params: SequenceModelParams, batch_shape: tuple[int, ...] = ()):
     checks.params(f"{fn}.initial_carry", params, SequenceModelParams, made_by=fn)
@@ -120,6 +129,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     time_major = checks.boolean(f"{fn}.apply", "time_major", time_major)
     if params.embed is not None:
       xs = embed_tokens(f"{fn}.apply", params.embed, xs, lengths, time_major=time_major)
+      xs = xs.astype(prec.compute)
     elif jnp.issubdtype(getattr(xs, "dtype", jnp.float32), jnp.integer):
       raise TypeError(
           f"{fn}.apply: `xs` holds integers (dtype {xs.dtype}), but the model has no "
@@ -141,7 +151,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
     else:
       hs, carry = core.apply(params.core, xs, carry, lengths=lengths, key=key)
-    preds = hs @ params.w_out + params.b_out
+    preds = prec.affine(hs, params.w_out, params.b_out)
     return (preds if time_major else unroll_lib.from_time_major(preds, preds.ndim - 2)), carry
 
   return SequenceModel(init, initial_carry, apply)

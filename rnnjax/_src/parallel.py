@@ -132,6 +132,29 @@ def _edit_pairs(a, b, h_reset, resets, valid, perturbation, *, log_space: bool):
   return a, b
 
 
+def _in_pair_dtype(carries: tuple[jax.Array, ...], b: jax.Array) -> tuple[jax.Array, ...]:
+  """`carries` in the dtype of the pairs `b`, which the scan runs in.
+
+  A built-in cell computes its pairs in its accumulation dtype (`precision.Precision.accum`:
+  float32 for a bfloat16 cell), as its step does; the carry may be stored in another
+  (its params' dtype). A carry of another kind (complex against real) is left as it is.
+  """
+  if all(jnp.iscomplexobj(h) == jnp.iscomplexobj(b) for h in carries):
+    return tuple(h.astype(b.dtype) for h in carries)
+  return carries
+
+
+def _output_dtype(cell: cell_lib.Cell, params: Any, carry: Any, xs: jax.Array) -> Any:
+  """The dtype of `cell.apply`'s output `y` for one step of `xs` (shapes only), or None.
+
+  The scan's outputs are cast to it, so that `ys` have the dtype that `unroll` gives
+  (a mixed-precision cell outputs its compute dtype, not the scan's float32).
+  """
+  step = jax.ShapeDtypeStruct(tuple(xs.shape[1:]), xs.dtype)
+  _, y = jax.eval_shape(cell.apply, params, carry, step)
+  return getattr(y, "dtype", None)
+
+
 def _check_options(cell: cell_lib.Cell, engine: str, chunk: int) -> tuple[Any, Any, int]:
   """`parallel_unroll`'s checks of `cell`, `engine` and `chunk`.
 
@@ -263,18 +286,23 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
         f"{_FN}: a log-space cell needs a carry h >= 0 (its recurrence keeps h positive), got "
         f"min(carry.h)={float(np.min(np.asarray(carry.h)))}.")
   h0 = jnp.broadcast_to(carry.h, (*batch_shape, carry.h.shape[-1]))
+  y_dtype = _output_dtype(cell, params, carry._replace(h=h0), xs)
   h_reset = jnp.broadcast_to(cell.initial_carry(params, batch_shape).h, h0.shape)
   if log_space:
     a, b = recurrence.log_coefficients(params, xs)
-    h_reset = _safe_log(h_reset)
   else:
     a, b = recurrence.coefficients(params, xs)
+  h0, h_reset = _in_pair_dtype((h0, h_reset), b)
+  if log_space:
+    h_reset = _safe_log(h_reset)
   a, b = _edit_pairs(a, b, h_reset, resets, valid, _perturbation, log_space=log_space)
   hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
   ys = hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
+  if y_dtype is not None:
+    ys = ys.astype(y_dtype)
   if valid is not None:
     ys = jnp.where(_expand(valid, ys), ys, jnp.zeros_like(ys))
-  final = common.HiddenState(h=hs[-1])
+  final = common.HiddenState(h=hs[-1].astype(carry.h.dtype))
   if idx is not None:
     ys = unroll_lib._take_time(ys, idx)
   elif reverse:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, precision
 from rnnjax._src import fused as fused_lib
 
 _FN = "rnnjax.unroll"
@@ -43,8 +43,8 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
   """The input checks of every engine: `(xs, num_steps, batch_shape, carry, lengths, resets)`.
 
   `xs` must be `[T, *batch, I]` (`[*batch, T, I]` unless `time_major`) with the cell's input
-  size and the params' dtype (when the params have one floating dtype); a missing carry
-  becomes the cell's initial carry, a given one must match its structure, shapes and dtypes;
+  size and a dtype it takes (`precision.check_sequence_dtype`); a missing carry becomes
+  the cell's initial carry, a given one must match its structure, shapes and dtypes;
   `lengths` and `resets` (in xs's layout) are checked against `T` and the batch shape.
   Messages quote the shapes as given; `xs` and `resets` come back time-major.
   """
@@ -58,11 +58,11 @@ def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, car
   if not time_major:
     xs, lengths, resets = batch_major_input(fn, xs, in_size, lengths, resets)
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
-  checks.input_dtype(fn, "xs", xs, checks.params_dtype(params))
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
   else:
     checks.carry(fn, carry, jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params))
+  precision.check_sequence_dtype(fn, "xs", cell.apply, params, carry, xs)
   if lengths is not None:
     lengths = checks.lengths(fn, lengths, num_steps, batch_shape, xs_shape=xs.shape)
   if resets is not None:

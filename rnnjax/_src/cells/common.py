@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks
+from rnnjax._src import precision as precision_lib
 
 
 class HiddenState(NamedTuple):
@@ -94,32 +95,31 @@ def check_initial_carry(fn: str, params: Any, params_type: type,
 
 
 def check_apply(fn: str, params: Any, params_type: type, carry: Any, x: Any,
-                input_size: Any, initial_carry: Any) -> None:
-  """The checks of `apply(params, carry, x)`, all at trace time.
+                input_size: Any, initial_carry: Any,
+                precision: precision_lib.Precision) -> jax.Array:
+  """The checks of `apply(params, carry, x)`, all at trace time; returns `x` cast to compute.
 
   `params` must be `params_type` (`input_size(params)` is its `I`); `x: [..., I]`
-  must have the params' dtype; `carry`
-  must have the structure and dtypes of `initial_carry(params)`, and the state
-  size on its trailing axes. So the new carry has the dtype of the carry given.
+  may have any floating dtype, and comes back in the cell's compute dtype; `carry`
+  must have the structure and dtypes of `initial_carry(params)` (the params'
+  dtype), and the state size on its trailing axes. The step casts its new carry
+  to the dtypes of the carry given, so a `lax.scan` over `apply` keeps its type.
   """
   checks.params(f"{fn}.apply", params, params_type, made_by=fn)
-  checks.step_input(f"{fn}.apply", x, input_size(params), checks.params_dtype(params))
+  checks.step_input(f"{fn}.apply", x, input_size(params))
+  x = precision.input(f"{fn}.apply", "x", x)
   checks.step_carry(f"{fn}.apply", carry,
                     jax.eval_shape(lambda p: initial_carry(p, ()), params))
+  return x
 
 
 def factory_sizes(fn: str, hidden_size: Any) -> int:
   return checks.positive_int(fn, "hidden_size", hidden_size)
 
 
-def check_dtype(fn: str, dtype: Any) -> Any:
-  try:
-    dt = jnp.dtype(dtype)
-  except TypeError:
-    raise TypeError(f"{fn}: `dtype` must be a floating dtype, got {dtype!r}.") from None
-  if not jnp.issubdtype(dt, jnp.floating):
-    raise TypeError(f"{fn}: `dtype` must be a floating dtype, got dtype={dt}.")
-  return dt
+def precision(fn: str, dtype: Any, param_dtype: Any) -> precision_lib.Precision:
+  """The checked `Precision` of a factory's `dtype` and `param_dtype` (see `precision.policy`)."""
+  return precision_lib.policy(fn, dtype, param_dtype)
 
 
 def gated_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, gates: int, *,

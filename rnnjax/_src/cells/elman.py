@@ -28,7 +28,7 @@ _NONLINEARITIES = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 @cell_lib.factory
 def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True,
           kernel_init: Any = None, recurrent_init: Any = None, init: str = "default",
-          dtype: Any = jnp.float32) -> cell_lib.Cell:
+          dtype: Any = jnp.float32, param_dtype: Any = None) -> cell_lib.Cell:
   r"""The Elman RNN cell (PyTorch's `nn.RNN`, Flax's `SimpleCell`).
 
   Equations, with `φ` = tanh or relu::
@@ -47,7 +47,11 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
     init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
       uniform in `±1/sqrt(H)`, as PyTorch's `nn.RNN` draws them, so that a port starts
       from PyTorch's distribution. Takes no `kernel_init` or `recurrent_init`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` whose params are `ElmanParams` and whose carry is `HiddenState(h=[..., H])`.
@@ -64,7 +68,7 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   fn = "rnnjax.elman"
   hidden_size = common.factory_sizes(fn, hidden_size)
   checks.choice(fn, "nonlinearity", nonlinearity, tuple(_NONLINEARITIES))
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   act = _NONLINEARITIES[nonlinearity]
   pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
@@ -74,7 +78,7 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
     checks.key(f"{fn}.init", "key", key)
     return ElmanParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 1, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias, pytorch=pytorch))
+        dtype=prec.param, use_bias=use_bias, pytorch=pytorch))
 
   def initial_carry(params: ElmanParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, ElmanParams, batch_shape)
@@ -83,10 +87,9 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", use_bias: bool = True
   def apply(params: ElmanParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, ElmanParams, carry, x, input_size, initial_carry)
-    h = act(cell_lib.affine(x, params.w_i, params.b_i)
-            + cell_lib.affine(carry.h, params.w_h, params.b_h))
-    return common.HiddenState(h=h), h
+    x = common.check_apply(fn, params, ElmanParams, carry, x, input_size, initial_carry, prec)
+    h = act(prec.affine(x, params.w_i, params.b_i) + prec.affine(carry.h, params.w_h, params.b_h))
+    return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
   input_size = common.input_size_of(fn, ElmanParams)
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

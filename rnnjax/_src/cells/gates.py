@@ -10,6 +10,8 @@ leading dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -83,7 +85,8 @@ def lstm_gates_jvp(gates: LSTMGates, c_new: jax.Array, c: jax.Array, dz: jax.Arr
 
 
 def gru_gates(a: jax.Array, h: jax.Array, w_h: jax.Array, b_h: jax.Array | None, *,
-              reset_after: bool) -> tuple[GRUGates, jax.Array, jax.Array]:
+              reset_after: bool, affine: Callable[..., jax.Array] = cell_lib.affine
+              ) -> tuple[GRUGates, jax.Array, jax.Array]:
   """One GRU step from its input projection (`σ` the logistic sigmoid).
 
   With `a = x @ w_i + b_i` split as `(a_r, a_z, a_n)` and `w_h`, `b_h` likewise::
@@ -101,6 +104,8 @@ def gru_gates(a: jax.Array, h: jax.Array, w_h: jax.Array, b_h: jax.Array | None,
     b_h: `[3H]`, the recurrent bias, or None.
     reset_after: apply the reset gate after the recurrent product (True) or
       before it (False).
+    affine: `affine(x, w, b) -> x @ w + b` for the recurrent products (`b` may be
+      None); a mixed-precision cell passes its own, which casts the operands.
 
   Returns:
     `((r, z, n), h', aux)`: the activated gates and the new state, each
@@ -117,18 +122,18 @@ def gru_gates(a: jax.Array, h: jax.Array, w_h: jax.Array, b_h: jax.Array | None,
   size = w_h.shape[0]
   a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
   if reset_after:
-    hh_r, hh_z, hh_n = jnp.split(cell_lib.affine(h, w_h, b_h), 3, axis=-1)
+    hh_r, hh_z, hh_n = jnp.split(affine(h, w_h, b_h), 3, axis=-1)
     r = jax.nn.sigmoid(a_r + hh_r)
     z = jax.nn.sigmoid(a_z + hh_z)
     n = jnp.tanh(a_n + r * hh_n)
     aux = hh_n
   else:
     b_rz = None if b_h is None else b_h[:2 * size]
-    hh_r, hh_z = jnp.split(cell_lib.affine(h, w_h[:, :2 * size], b_rz), 2, axis=-1)
+    hh_r, hh_z = jnp.split(affine(h, w_h[:, :2 * size], b_rz), 2, axis=-1)
     r = jax.nn.sigmoid(a_r + hh_r)
     z = jax.nn.sigmoid(a_z + hh_z)
     aux = r * h
     b_n = None if b_h is None else b_h[2 * size:]
-    n = jnp.tanh(a_n + cell_lib.affine(aux, w_h[:, 2 * size:], b_n))
+    n = jnp.tanh(a_n + affine(aux, w_h[:, 2 * size:], b_n))
   h_new = (1.0 - z) * n + z * h
   return (r, z, n), h_new, aux

@@ -28,7 +28,7 @@ class GRUParams(NamedTuple):
 @cell_lib.factory
 def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
         kernel_init: Any = None, recurrent_init: Any = None, init: str = "default",
-        dtype: Any = jnp.float32) -> cell_lib.Cell:
+        dtype: Any = jnp.float32, param_dtype: Any = None) -> cell_lib.Cell:
   r"""The gated recurrent unit (Cho et al. 2014; PyTorch's `nn.GRU`, Flax's `GRUCell`).
 
   With `reset_after=True` (the default; PyTorch, cuDNN and Flax)::
@@ -55,7 +55,11 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
       uniform in `±1/sqrt(H)`, as PyTorch's `nn.GRU` draws them, so that a port starts
       from PyTorch's distribution. Takes no `kernel_init` or `recurrent_init`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `GRUParams` and carry `HiddenState(h=[..., H])`.
@@ -70,7 +74,7 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   """
   fn = "rnnjax.gru"
   hidden_size = common.factory_sizes(fn, hidden_size)
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   reset_after = checks.boolean(fn, "reset_after", reset_after)
   pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
@@ -80,7 +84,7 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     checks.key(f"{fn}.init", "key", key)
     return GRUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 3, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias, pytorch=pytorch))
+        dtype=prec.param, use_bias=use_bias, pytorch=pytorch))
 
   def initial_carry(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, GRUParams, batch_shape)
@@ -89,11 +93,12 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   def apply(params: GRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, GRUParams, carry, x, input_size, initial_carry)
-    a = cell_lib.affine(x, params.w_i, params.b_i)
-    _, h, _ = gates.gru_gates(a, carry.h, params.w_h, params.b_h, reset_after=reset_after)
-    return common.HiddenState(h=h), h
+    x = common.check_apply(fn, params, GRUParams, carry, x, input_size, initial_carry, prec)
+    a = prec.affine(x, params.w_i, params.b_i)
+    _, h, _ = gates.gru_gates(a, prec.wide(carry.h), params.w_h, params.b_h,
+                              reset_after=reset_after, affine=prec.affine)
+    return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
-  fused.attach(apply, fused.gru_kernel(reset_after))
+  fused.attach(apply, fused.gru_kernel(reset_after, prec))
   input_size = common.input_size_of(fn, GRUParams)
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

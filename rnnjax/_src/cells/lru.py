@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, linear
+from rnnjax._src import checks, linear, precision
 from rnnjax._src.cells import common
 
 
 class LRUParams(NamedTuple):
-  """LRU weights, all real arrays in the cell's `dtype`.
+  """LRU weights, all real arrays in the cell's `param_dtype`.
 
   The matrices are stored for right multiplication, `u @ b_re` (rnnjax's
   `[in, out]` layout); the paper's code stores `B: [N, I]`, `C: [O, N]` and
@@ -35,41 +35,44 @@ real_number = checks.real_number  # Kept under its old name for rglru.
 
 
 def _wide(dtype: Any) -> Any:
-  """The real dtype the LRU computes in: float64 for float64 params, else float32."""
-  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+  """A real dtype widened to float32 (float64 stays): the LRU's init and arithmetic."""
+  return precision.at_least_float32(dtype)
 
 
 def _complex(dtype: Any) -> Any:
-  """The dtype of the LRU's state: complex128 for float64 params, else complex64."""
+  """The complex dtype of a real one: complex128 for float64, else complex64.
+
+  The state is `_complex(param dtype)`; the arithmetic runs in `_complex(prec.accum)`.
+  """
   return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
 
 
-def diagonal(params: LRUParams) -> jax.Array:
-  """`λ = exp(-exp(ν_log) + i·exp(θ_log))`, complex `[N]` (complex64, or complex128 in float64)."""
-  rdt = _wide(params.nu_log.dtype)
+def diagonal(params: LRUParams, dtype: Any = None) -> jax.Array:
+  """`λ = exp(-exp(ν_log) + i·exp(θ_log))`, complex `[N]`, computed in the real `dtype`.
+
+  `dtype` defaults to the params' dtype widened to float32 (complex64, or complex128 in
+  float64).
+  """
+  rdt = _wide(params.nu_log.dtype if dtype is None else dtype)
   magnitude = jnp.exp(-jnp.exp(params.nu_log.astype(rdt)))
   phase = jnp.exp(params.theta_log.astype(rdt))
   return jax.lax.complex(magnitude * jnp.cos(phase), magnitude * jnp.sin(phase))
 
 
-def _drive(params: LRUParams, x: jax.Array) -> jax.Array:
-  """`γ ⊙ (B u)`, complex `[..., N]`."""
-  rdt = _wide(params.nu_log.dtype)
-  u = x.astype(rdt)
-  gamma = jnp.exp(params.gamma_log.astype(rdt))
-  return jax.lax.complex((u @ params.b_re.astype(rdt)) * gamma,
-                         (u @ params.b_im.astype(rdt)) * gamma)
+def _drive(params: LRUParams, x: jax.Array, prec: precision.Precision) -> jax.Array:
+  """`γ ⊙ (B u)`, complex `[..., N]` in `_complex(prec.accum)`, from `x` in `prec.compute`."""
+  gamma = jnp.exp(params.gamma_log.astype(prec.accum))
+  return jax.lax.complex(prec.matmul(x, params.b_re) * gamma, prec.matmul(x, params.b_im) * gamma)
 
 
-def _readout(params: LRUParams, h: jax.Array, x: jax.Array) -> jax.Array:
-  """`Re(C h) + D u`, real `[..., O]` in the params' dtype."""
-  rdt = _wide(params.nu_log.dtype)
-  u = x.astype(rdt)
-  h = h.astype(_complex(params.nu_log.dtype))
-  y = jnp.real(h) @ params.c_re.astype(rdt) - jnp.imag(h) @ params.c_im.astype(rdt)
-  d = params.d.astype(rdt)
-  y = y + (u * d if d.ndim == 1 else u @ d)
-  return y.astype(params.d.dtype)
+def _readout(params: LRUParams, h: jax.Array, x: jax.Array,
+             prec: precision.Precision) -> jax.Array:
+  """`Re(C h) + D u`, real `[..., O]` in `prec.compute`, from `x` in `prec.compute`."""
+  h = h.astype(_complex(prec.accum))
+  y = prec.matmul(jnp.real(h), params.c_re) - prec.matmul(jnp.imag(h), params.c_im)
+  d = params.d
+  y = y + (x.astype(prec.accum) * d.astype(prec.accum) if d.ndim == 1 else prec.matmul(x, d))
+  return prec.output(y)
 
 
 def _ring_nu(u1: jax.Array, r_min: float, r_max: float) -> jax.Array:
@@ -89,7 +92,7 @@ def _ring_nu(u1: jax.Array, r_min: float, r_max: float) -> jax.Array:
 @cell_lib.factory
 def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
         r_max: float = 1.0, max_phase: float = 2 * math.pi,
-        dtype: Any = jnp.float32) -> cell_lib.Cell:
+        dtype: Any = jnp.float32, param_dtype: Any = None) -> cell_lib.Cell:
   r"""The linear recurrent unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks
   for Long Sequences", arXiv:2303.06349).
 
@@ -124,9 +127,14 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   Numerical details: the uniforms are drawn from `[eps, 1)` rather than `[0, 1)`
   (`eps` the machine epsilon of the draw), so `ν_log` and `θ_log` are finite;
   `ν` is computed without cancellation near `|λ| = 1` (float32 rounding of
-  `|λ|²` to 1 would give `ν_log = -inf` and `γ = 0`). The carry is complex64
-  (complex128 for `dtype=float64`; complex64 also for bfloat16/float16 params,
-  which are computed in float32); the output has `dtype`.
+  `|λ|²` to 1 would give `ν_log = -inf` and `γ = 0`).
+
+  Precision (`cells.md#mixed-precision`): the params are real arrays in
+  `param_dtype`; the complex carry follows them (complex64, complex128 for
+  float64 params). The matrix products `B u`, `C h` and `u @ D` take their
+  operands in `dtype` and accumulate in float32 (or wider); `λ`, `γ` and the
+  state update run in complex64 (complex128 when computing in float64); the
+  output has `dtype`.
   The paper's LRU layer is used inside a block (normalisation, a GLU/MLP and a
   residual connection); this cell is the recurrence alone, as its `Cell`.
 
@@ -137,7 +145,12 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
     r_max: largest initial `|λ|`, in `(r_min, 1]`.
     max_phase: largest initial phase `arg λ`, positive (`2π`: the whole circle;
       the paper finds small phases, such as `π/10`, help on its long-range tasks).
-    dtype: dtype of the (real) params and of the output.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the (real) params, float32 by default (float64 with
+      `dtype=jnp.float64`); the complex carry is complex128 for float64 params,
+      complex64 otherwise.
 
   Returns:
     A `Cell` with `LRUParams` and carry `HiddenState(h=[..., N])`, `h` complex.
@@ -163,13 +176,13 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   max_phase = real_number(fn, "max_phase", max_phase)
   if max_phase <= 0.0:
     raise ValueError(f"{fn}: `max_phase` must be positive, got max_phase={max_phase!r}.")
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
 
   def init(key: jax.Array, input_size: int) -> LRUParams:
     checks.key(f"{fn}.init", "key", key)
     size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     out = size if output_size is None else output_size
-    rdt = _wide(dtype)
+    rdt = _wide(prec.param)
     eps = float(jnp.finfo(rdt).eps)
     k_nu, k_theta, k_bre, k_bim, k_cre, k_cim, k_d = jax.random.split(key, 7)
     u1 = jax.random.uniform(k_nu, (state_size,), rdt, minval=eps)
@@ -188,7 +201,7 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
         c_re=normal(k_cre, (state_size, out), c_std),
         c_im=normal(k_cim, (state_size, out), c_std),
         d=d)
-    return LRUParams(*(p.astype(dtype) for p in params))
+    return LRUParams(*(p.astype(prec.param) for p in params))
 
   def initial_carry(params: LRUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, LRUParams, batch_shape)
@@ -198,17 +211,19 @@ def lru(state_size: int, *, output_size: int | None = None, r_min: float = 0.0,
   def apply(params: LRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, LRUParams, carry, x, input_size, initial_carry)
-    h = diagonal(params) * carry.h + _drive(params, x)
-    return common.HiddenState(h=h), _readout(params, h, x)
+    x = common.check_apply(fn, params, LRUParams, carry, x, input_size, initial_carry, prec)
+    h = carry.h.astype(_complex(prec.accum))
+    h = diagonal(params, prec.accum) * h + _drive(params, x, prec)
+    return common.HiddenState(h=h.astype(carry.h.dtype)), _readout(params, h, x, prec)
 
+  # The sequence forms, in `_complex(prec.accum)` like the step (inputs cast to compute).
   def coefficients(params: LRUParams, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     checks.sequence_input(f"{fn} (coefficients)", xs, params.b_re.shape[0])
-    b = _drive(params, xs)
-    return jnp.broadcast_to(diagonal(params), b.shape), b
+    b = _drive(params, prec.input(f"{fn} (coefficients)", "xs", xs), prec)
+    return jnp.broadcast_to(diagonal(params, prec.accum), b.shape), b
 
   def readout(params: LRUParams, hs: jax.Array, xs: jax.Array) -> jax.Array:
-    return _readout(params, hs, xs)
+    return _readout(params, hs, prec.input(f"{fn} (readout)", "xs", xs), prec)
 
   def input_size(params: LRUParams) -> int:
     common.check_params(fn, params, LRUParams)

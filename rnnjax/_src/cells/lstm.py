@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, fused
+from rnnjax._src import precision as precision_lib
 from rnnjax._src.cells import common, gates
 
 
@@ -37,7 +38,8 @@ class LSTMState(NamedTuple):
 @cell_lib.factory
 def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = True,
          forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
-         init: str = "default", dtype: Any = jnp.float32) -> cell_lib.Cell:
+         init: str = "default", dtype: Any = jnp.float32,
+         param_dtype: Any = None) -> cell_lib.Cell:
   r"""The long short-term memory cell (Hochreiter & Schmidhuber 1997; PyTorch's `nn.LSTM`).
 
   Equations (`σ` the logistic sigmoid, `⊙` elementwise)::
@@ -63,7 +65,11 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       uniform in `±1/sqrt(H)`, as PyTorch's `nn.LSTM` draws them, so that a port starts
       from PyTorch's distribution (`w_proj` too). There is no forget-gate fill, so
       `forget_bias` must stay at its default; takes no `kernel_init` or `recurrent_init`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `LSTMParams` and carry `LSTMState(h=[..., P], c=[..., H])`.
@@ -85,7 +91,7 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       raise ValueError(
           f"{fn}: `proj_size` must be smaller than `hidden_size` (as in PyTorch), got "
           f"proj_size={proj_size}, hidden_size={hidden_size}.")
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
   pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init, forget_bias)
   k_init, r_init = common.resolve_inits(fn, kernel_init, recurrent_init)
@@ -98,10 +104,10 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     w_proj = None
     if proj_size is not None:
       w_init = common.pytorch_uniform(hidden_size) if pytorch else cell_lib.default_kernel_init()
-      w_proj = cell_lib.draw(w_init, k_p, (hidden_size, proj_size), dtype)
+      w_proj = cell_lib.draw(w_init, k_p, (hidden_size, proj_size), prec.param)
     return LSTMParams(
         **common.gated_weights(fn, k_gates, input_size, hidden_size, 4, kernel_init=k_init,
-                               recurrent_init=r_init, dtype=dtype, use_bias=use_bias,
+                               recurrent_init=r_init, dtype=prec.param, use_bias=use_bias,
                                fill={1: forget_bias}, recurrent_rows=out_size,
                                pytorch=pytorch),
         w_proj=w_proj)
@@ -115,14 +121,13 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
   def apply(params: LSTMParams, carry: LSTMState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
     del key
-    common.check_apply(fn, params, LSTMParams, carry, x, input_size, initial_carry)
-    z = cell_lib.affine(x, params.w_i, params.b_i) + cell_lib.affine(carry.h, params.w_h,
-                                                                     params.b_h)
-    _, c, h = gates.lstm_gates(z, carry.c)
+    x = common.check_apply(fn, params, LSTMParams, carry, x, input_size, initial_carry, prec)
+    z = prec.affine(x, params.w_i, params.b_i) + prec.affine(carry.h, params.w_h, params.b_h)
+    _, c, h = gates.lstm_gates(z, prec.wide(carry.c))
     if params.w_proj is not None:
-      h = h @ params.w_proj
-    return LSTMState(h=h, c=c), h
+      h = prec.matmul(h, params.w_proj)
+    return precision_lib.like(LSTMState(h=h, c=c), carry), prec.output(h)
 
-  fused.attach(apply, fused.lstm_kernel)
+  fused.attach(apply, fused.lstm_kernel(prec))
   input_size = common.input_size_of(fn, LSTMParams)
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

@@ -24,7 +24,8 @@ class MGUParams(NamedTuple):
 @cell_lib.factory
 def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
         forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
-        init: str = "default", dtype: Any = jnp.float32) -> cell_lib.Cell:
+        init: str = "default", dtype: Any = jnp.float32,
+        param_dtype: Any = None) -> cell_lib.Cell:
   r"""The minimal gated unit (Zhou et al. 2016, arXiv:1603.09420; Flax's `MGUCell`).
 
   One gate `f` plays the parts of GRU's update and reset gates. With
@@ -54,7 +55,11 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
       from PyTorch's distribution (PyTorch has no MGU; this is its GRU's rule). There
       is no gate-bias fill, so `forget_bias` must stay at its default; takes no
       `kernel_init` or `recurrent_init`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `MGUParams` and carry `HiddenState(h=[..., H])`.
@@ -69,7 +74,7 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   """
   fn = "rnnjax.mgu"
   hidden_size = common.factory_sizes(fn, hidden_size)
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   reset_after = checks.boolean(fn, "reset_after", reset_after)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
   pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init, forget_bias)
@@ -80,7 +85,7 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
     checks.key(f"{fn}.init", "key", key)
     return MGUParams(**common.gated_weights(
         fn, key, input_size, hidden_size, 2, kernel_init=k_init, recurrent_init=r_init,
-        dtype=dtype, use_bias=use_bias, fill={0: forget_bias}, pytorch=pytorch))
+        dtype=prec.param, use_bias=use_bias, fill={0: forget_bias}, pytorch=pytorch))
 
   def initial_carry(params: MGUParams, batch_shape: tuple[int, ...] = ()) -> common.HiddenState:
     batch_shape = common.check_initial_carry(fn, params, MGUParams, batch_shape)
@@ -89,22 +94,22 @@ def mgu(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
   def apply(params: MGUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, MGUParams, carry, x, input_size, initial_carry)
-    h = carry.h
+    x = common.check_apply(fn, params, MGUParams, carry, x, input_size, initial_carry, prec)
+    h = prec.wide(carry.h)
     size = params.w_h.shape[0]
-    xi_f, xi_n = jnp.split(cell_lib.affine(x, params.w_i, params.b_i), 2, axis=-1)
+    xi_f, xi_n = jnp.split(prec.affine(x, params.w_i, params.b_i), 2, axis=-1)
     b_h = params.b_h
     if reset_after:
-      hh_f, hh_n = jnp.split(cell_lib.affine(h, params.w_h, b_h), 2, axis=-1)
+      hh_f, hh_n = jnp.split(prec.affine(h, params.w_h, b_h), 2, axis=-1)
       f = jax.nn.sigmoid(xi_f + hh_f)
       n = jnp.tanh(xi_n + f * hh_n)
     else:
       b_f = None if b_h is None else b_h[:size]
-      f = jax.nn.sigmoid(xi_f + cell_lib.affine(h, params.w_h[:, :size], b_f))
+      f = jax.nn.sigmoid(xi_f + prec.affine(h, params.w_h[:, :size], b_f))
       b_n = None if b_h is None else b_h[size:]
-      n = jnp.tanh(xi_n + cell_lib.affine(f * h, params.w_h[:, size:], b_n))
+      n = jnp.tanh(xi_n + prec.affine(f * h, params.w_h[:, size:], b_n))
     h = (1.0 - f) * n + f * h
-    return common.HiddenState(h=h), h
+    return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
   input_size = common.input_size_of(fn, MGUParams)
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)

@@ -112,21 +112,21 @@ def _minlstm_log_coefficients(pre: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ---- The cell, shared by both factories. ----
 
 def _minimal_cell(fn: str, params_type: type, gates: int, hidden_size: Any, *, log_space: Any,
-                  use_bias: bool, kernel_init: Any, dtype: Any,
+                  use_bias: bool, kernel_init: Any, dtype: Any, param_dtype: Any,
                   coefficients_of: Callable[[jax.Array, bool], tuple[jax.Array, jax.Array]],
                   log_coefficients_of: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
                   ) -> cell_lib.Cell:
   hidden_size = common.factory_sizes(fn, hidden_size)
   log_space = checks.boolean(fn, "log_space", log_space)
   use_bias = checks.boolean(fn, "use_bias", use_bias)
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   k_init = checks.initializer(fn, "kernel_init", kernel_init) or cell_lib.default_kernel_init()
 
   def init(key: jax.Array, input_size: int) -> Any:
     checks.key(f"{fn}.init", "key", key)
     input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
-    w = cell_lib.gate_blocks(k_init, key, input_size, hidden_size, gates, dtype)
-    b = jnp.zeros((gates * hidden_size,), dtype) if use_bias else None
+    w = cell_lib.gate_blocks(k_init, key, input_size, hidden_size, gates, prec.param)
+    b = jnp.zeros((gates * hidden_size,), prec.param) if use_bias else None
     return params_type(w=w, b=b)
 
   def input_size(params: Any) -> int:
@@ -141,18 +141,21 @@ def _minimal_cell(fn: str, params_type: type, gates: int, hidden_size: Any, *, l
   def apply(params: Any, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, params_type, carry, x, input_size, initial_carry)
-    a, b = coefficients_of(cell_lib.affine(x, params.w, params.b), log_space)
-    h = a * carry.h + b
-    return common.HiddenState(h=h), h
+    x = common.check_apply(fn, params, params_type, carry, x, input_size, initial_carry, prec)
+    a, b = coefficients_of(prec.affine(x, params.w, params.b), log_space)
+    h = a * prec.wide(carry.h) + b
+    return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
+  # The sequence forms, in `prec.accum` like the step's arithmetic (inputs cast to compute).
   def coefficients(params: Any, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     checks.sequence_input(f"{fn}.coefficients", xs, input_size(params))
-    return coefficients_of(cell_lib.affine(xs, params.w, params.b), log_space)
+    xs = prec.input(f"{fn}.coefficients", "xs", xs)
+    return coefficients_of(prec.affine(xs, params.w, params.b), log_space)
 
   def log_coefficients(params: Any, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     checks.sequence_input(f"{fn}.log_coefficients", xs, input_size(params))
-    return log_coefficients_of(cell_lib.affine(xs, params.w, params.b))
+    xs = prec.input(f"{fn}.log_coefficients", "xs", xs)
+    return log_coefficients_of(prec.affine(xs, params.w, params.b))
 
   cell = cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
   recurrence = linear_lib.LinearRecurrence(
@@ -162,7 +165,8 @@ def _minimal_cell(fn: str, params_type: type, gates: int, hidden_size: Any, *, l
 
 @cell_lib.factory
 def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
-           kernel_init: Any = None, dtype: Any = jnp.float32) -> cell_lib.Cell:
+           kernel_init: Any = None, dtype: Any = jnp.float32,
+           param_dtype: Any = None) -> cell_lib.Cell:
   r"""The minimal GRU of Feng et al. 2024 ("Were RNNs All We Needed?", arXiv:2410.01201).
 
   A GRU whose update gate and candidate read only the input, so that the state
@@ -200,7 +204,11 @@ def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
       coefficients (the paper's log-space version).
     use_bias: if False there is no bias `b`.
     kernel_init: initializer for each gate's `[I, H]` block of `w`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `MinGRUParams` and carry `HiddenState(h=[..., H])`, with its
@@ -218,13 +226,14 @@ def mingru(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
   """
   return _minimal_cell(
       "rnnjax.mingru", MinGRUParams, 2, hidden_size, log_space=log_space, use_bias=use_bias,
-      kernel_init=kernel_init, dtype=dtype, coefficients_of=_mingru_coefficients,
-      log_coefficients_of=_mingru_log_coefficients)
+      kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
+      coefficients_of=_mingru_coefficients, log_coefficients_of=_mingru_log_coefficients)
 
 
 @cell_lib.factory
 def minlstm(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
-            kernel_init: Any = None, dtype: Any = jnp.float32) -> cell_lib.Cell:
+            kernel_init: Any = None, dtype: Any = jnp.float32,
+            param_dtype: Any = None) -> cell_lib.Cell:
   r"""The minimal LSTM of Feng et al. 2024 ("Were RNNs All We Needed?", arXiv:2410.01201).
 
   An LSTM without output gate or memory cell, whose forget and input gates read
@@ -266,7 +275,11 @@ def minlstm(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
       coefficients (the paper's log-space version).
     use_bias: if False there is no bias `b`.
     kernel_init: initializer for each gate's `[I, H]` block of `w`.
-    dtype: dtype of the params and of the initial carry.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `MinLSTMParams` and carry `HiddenState(h=[..., H])`, with its
@@ -284,5 +297,5 @@ def minlstm(hidden_size: int, *, log_space: bool = False, use_bias: bool = True,
   """
   return _minimal_cell(
       "rnnjax.minlstm", MinLSTMParams, 3, hidden_size, log_space=log_space, use_bias=use_bias,
-      kernel_init=kernel_init, dtype=dtype, coefficients_of=_minlstm_coefficients,
-      log_coefficients_of=_minlstm_log_coefficients)
+      kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
+      coefficients_of=_minlstm_coefficients, log_coefficients_of=_minlstm_log_coefficients)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, linear
+from rnnjax._src import checks, linear, precision
 from rnnjax._src.cells import common
 from rnnjax._src.cells.lru import real_number
 
@@ -16,7 +16,7 @@ MAX_SQRT_GRADIENT = 1000.0  # The bound on d sqrt(z)/dz in the normaliser (Griff
 
 
 class RGLRUParams(NamedTuple):
-  """RG-LRU weights, all in the cell's `dtype`."""
+  """RG-LRU weights, all in the cell's `param_dtype`."""
 
   w_in: jax.Array  # [I, H], the input projection x̃ = x @ w_in
   w_a: jax.Array  # [H, H], recurrence gate
@@ -39,13 +39,16 @@ def _sqrt_bounded_derivative_jvp(primals, tangents):
   return y, dz / jnp.maximum(2.0 * y, 1.0 / MAX_SQRT_GRADIENT)
 
 
-def _step_coefficients(params: RGLRUParams, x: jax.Array, c: float
+def _step_coefficients(params: RGLRUParams, x: jax.Array, c: float, prec: precision.Precision
                        ) -> tuple[jax.Array, jax.Array]:
-  """`(a_t, sqrt(1 - a_t²) ⊙ i_t ⊙ x̃_t)` for inputs `x: [..., I]`, each `[..., H]`."""
-  xt = x @ params.w_in
-  r = jax.nn.sigmoid(xt @ params.w_a + params.b_a)
-  i = jax.nn.sigmoid(xt @ params.w_x + params.b_x)
-  log_a = -c * r * jax.nn.softplus(-params.a_param)
+  """`(a_t, sqrt(1 - a_t²) ⊙ i_t ⊙ x̃_t)` for inputs `x: [..., I]`, each `[..., H]`.
+
+  `x` in `prec.compute`; the products accumulate, and the gates run, in `prec.accum`.
+  """
+  xt = prec.matmul(x, params.w_in)
+  r = jax.nn.sigmoid(prec.affine(xt, params.w_a, params.b_a))
+  i = jax.nn.sigmoid(prec.affine(xt, params.w_x, params.b_x))
+  log_a = -c * r * jax.nn.softplus(-prec.wide(params.a_param))
   a = jnp.exp(log_a)
   norm = sqrt_bounded_derivative(-jnp.expm1(2.0 * log_a))
   return a, norm * (i * xt)
@@ -53,7 +56,7 @@ def _step_coefficients(params: RGLRUParams, x: jax.Array, c: float
 
 @cell_lib.factory
 def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float = 0.999,
-          dtype: Any = jnp.float32) -> cell_lib.Cell:
+          dtype: Any = jnp.float32, param_dtype: Any = None) -> cell_lib.Cell:
   r"""The Real-Gated Linear Recurrent Unit (De et al. 2024, "Griffin: Mixing Gated Linear
   Recurrences with Local Attention for Efficient Language Models", arXiv:2402.19427).
 
@@ -96,7 +99,11 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
     c: the positive constant scaling the recurrence gate's exponent (8 in Griffin).
     a_min: the smallest initial `a^c`, in `(0, a_max)`.
     a_max: the largest initial `a^c`, in `(a_min, 1)`.
-    dtype: dtype of the params, of the carry and of the output.
+    dtype: the compute dtype: inputs of any floating dtype are cast to it, the matrix
+      products take their operands in it and accumulate in float32 (or wider), and
+      the outputs `y` have it. `jnp.bfloat16` for mixed precision.
+    param_dtype: the dtype of the params and of the carry. Default: float32, or
+      float64 with `dtype=jnp.float64`.
 
   Returns:
     A `Cell` with `RGLRUParams` and carry `HiddenState(h=[..., H])`.
@@ -120,25 +127,25 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
     raise ValueError(
         f"{fn}: the initial decays must satisfy 0 < a_min < a_max < 1, got a_min={a_min!r} "
         f"and a_max={a_max!r}.")
-  dtype = common.check_dtype(fn, dtype)
+  prec = common.precision(fn, dtype, param_dtype)
   kernel_init = cell_lib.default_kernel_init()
 
   def init(key: jax.Array, input_size: int) -> RGLRUParams:
     checks.key(f"{fn}.init", "key", key)
     size = checks.positive_int(f"{fn}.init", "input_size", input_size)
     k_in, k_a, k_x, k_lambda = jax.random.split(key, 4)
-    wide = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    wide = precision.at_least_float32(prec.param)
     u = jax.random.uniform(k_lambda, (hidden_size,), wide)
     # a^c = a_min + u (a_max - a_min); Λ = logit(a) = log a - log(1 - a), log a = log(a^c) / c.
     log_a = jnp.log(a_min + u * (a_max - a_min)) / c
     a_param = log_a - jnp.log(-jnp.expm1(log_a))
     return RGLRUParams(
-        w_in=cell_lib.draw(kernel_init, k_in, (size, hidden_size), dtype),
-        w_a=cell_lib.draw(kernel_init, k_a, (hidden_size, hidden_size), dtype),
-        b_a=jnp.zeros((hidden_size,), dtype),
-        w_x=cell_lib.draw(kernel_init, k_x, (hidden_size, hidden_size), dtype),
-        b_x=jnp.zeros((hidden_size,), dtype),  # its own buffer: train steps donate params
-        a_param=a_param.astype(dtype))
+        w_in=cell_lib.draw(kernel_init, k_in, (size, hidden_size), prec.param),
+        w_a=cell_lib.draw(kernel_init, k_a, (hidden_size, hidden_size), prec.param),
+        b_a=jnp.zeros((hidden_size,), prec.param),
+        w_x=cell_lib.draw(kernel_init, k_x, (hidden_size, hidden_size), prec.param),
+        b_x=jnp.zeros((hidden_size,), prec.param),  # its own buffer: train steps donate params
+        a_param=a_param.astype(prec.param))
 
   def initial_carry(params: RGLRUParams, batch_shape: tuple[int, ...] = ()
                     ) -> common.HiddenState:
@@ -149,14 +156,15 @@ def rglru(hidden_size: int, *, c: float = 8.0, a_min: float = 0.9, a_max: float 
   def apply(params: RGLRUParams, carry: common.HiddenState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[common.HiddenState, jax.Array]:
     del key
-    common.check_apply(fn, params, RGLRUParams, carry, x, input_size, initial_carry)
-    a, b = _step_coefficients(params, x, c)
-    h = a * carry.h + b
-    return common.HiddenState(h=h), h
+    x = common.check_apply(fn, params, RGLRUParams, carry, x, input_size, initial_carry, prec)
+    a, b = _step_coefficients(params, x, c, prec)
+    h = a * prec.wide(carry.h) + b
+    return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
   def coefficients(params: RGLRUParams, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     checks.sequence_input(f"{fn} (coefficients)", xs, params.w_in.shape[0])
-    return _step_coefficients(params, xs, c)
+    xs = prec.input(f"{fn} (coefficients)", "xs", xs)
+    return _step_coefficients(params, xs, c, prec)  # In `prec.accum`, as the step.
 
   def input_size(params: RGLRUParams) -> int:
     common.check_params(fn, params, RGLRUParams)
