@@ -1,16 +1,18 @@
 """Training-workload speed of a one-layer LSTM/GRU: rnnjax against Flax, Equinox, Haiku, PyTorch.
 
 Every contender is loaded with the same weights and checked against rnnjax's
-outputs (to 1e-4) before anything is timed. Three modes per contender: `fwd`
+outputs (to 1e-4; 3e-2 for bfloat16) before anything is timed. Three modes per contender: `fwd`
 (outputs), `fwd_bwd` (gradient of `mean(ys**2)` w.r.t. params and xs) and `train`
 (one Adam step; torch.optim.Adam for PyTorch). JAX functions are jitted, warmed
 up and timed after `block_until_ready`; contenders are interleaved round-robin
 within each repeat. `rnnjax` is the default (fused fast path), `rnnjax_generic`
-the same with `fused=False` (plain autodiff through `lax.scan`), and
+the same with `fused=False` (plain autodiff through `lax.scan`), `rnnjax_bf16` the
+fast path in mixed precision (`dtype=jnp.bfloat16`, float32 params), and
 `matmul_floor` the same matrix products with nothing else.
 
   python benchmarks/bench_rnn.py --quick                       # smoke run, one small size
   python benchmarks/bench_rnn.py --cell gru --sizes 8,512,64,128 --repeats 20
+  python benchmarks/bench_rnn.py --contenders rnnjax_bf16 --modes fwd train  # bf16 vs float32
   python benchmarks/bench_rnn.py --json-out bench.jsonl         # all sizes, rows also to a file
   python benchmarks/plot_results.py bench.jsonl                 # then a bar chart of the file
 
@@ -56,6 +58,8 @@ def main() -> None:
                       metavar="NAME,...",
                       help=f"a subset of {','.join(bench.CONTENDERS)} (default: all installed; "
                       "rnnjax always runs)")
+  parser.add_argument("--modes", nargs="+", choices=bench.MODES, default=None,
+                      help="the modes to time (default: all)")
   parser.add_argument("--quick", action="store_true",
                       help=f"smoke run: size {bench.QUICK_SIZE}, 5 repeats")
   parser.add_argument("--json-out", default=None, metavar="PATH")
@@ -71,7 +75,7 @@ def main() -> None:
   print(f"# {header}", flush=True)
   try:
     rows = bench.run(args.cell, sizes, repeats=repeats, threads=threads, seed=args.seed,
-                     names=args.contenders, json_out=args.json_out,
+                     names=args.contenders, json_out=args.json_out, modes=args.modes,
                      note=lambda line: print(line, flush=True),
                      on_row=lambda row: print(json.dumps(row), flush=True))
   except bench.MismatchError as e:

@@ -8,6 +8,7 @@ only, and all three modes run for `rnnjax` against `rnnjax_generic` alone.
 """
 
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -16,12 +17,14 @@ import re
 import runpy
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import rnnjax
 from rnnjax import cli
 from rnnjax.tools import bench, bench_peers
+from tests import reference
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--sizes", "2,5,3,4", "--repeats", "2", "--threads", "1"]
@@ -60,8 +63,8 @@ def _installed(module: str) -> bool:
 
 def _expected_contenders() -> list[str]:
   optional = {"equinox": "equinox", "haiku": "haiku", "torch": "torch"}
-  names = ["rnnjax", "rnnjax_generic", "flax", "equinox", "haiku", "jax_cudnn", "matmul_floor",
-           "torch"]
+  names = ["rnnjax", "rnnjax_generic", "rnnjax_bf16", "flax", "equinox", "haiku", "jax_cudnn",
+           "matmul_floor", "torch"]
   return [n for n in names if (n not in optional or _installed(optional[n]))
           and (n != "jax_cudnn" or jax.default_backend() == "gpu")]
 
@@ -182,6 +185,49 @@ def test_each_peer_is_compared_with_the_rnnjax_form_it_computes():
   before = bench_peers.JAX_PEERS["rnnjax_reset_before"]("gru", 4, params)
   assert (generic.name, generic.baseline) == ("rnnjax_generic", "rnnjax")
   assert (before.name, before.baseline) == ("rnnjax_reset_before", "rnnjax_reset_before")
+
+
+def test_bfloat16_contenders_have_their_own_tolerance():
+  ys = np.zeros((5, 2, 4), np.float32)
+  check = lambda outputs: bench.check_same_function(outputs, size=(2, 5, 3, 4), cell_name="gru")
+  near, far = (ys + 2e-2).astype(jnp.bfloat16), (ys + 5e-2).astype(jnp.bfloat16)
+  check({"rnnjax": ("rnnjax", ys), "rnnjax_bf16": ("rnnjax", near)})  # Within 3e-2.
+  with pytest.raises(bench.MismatchError, match=r"rnnjax_bf16's outputs differ from rnnjax's by "
+                     r"5.00e-02 \(> 0.03\) at B,T,I,H=2,5,3,4, cell=gru.*precision.py"):
+    check({"rnnjax": ("rnnjax", ys), "rnnjax_bf16": ("rnnjax", far)})
+  with pytest.raises(bench.MismatchError, match=r"flax's outputs differ .* \(> 0.0001\)"):
+    check({"rnnjax": ("rnnjax", ys), "flax": ("rnnjax", near)})  # Float32 peers keep 1e-4.
+
+
+def test_the_bfloat16_contender_is_rnnjax_in_mixed_precision():
+  assert bench.parse_contenders("rnnjax_bf16, torch") == ("rnnjax_bf16", "torch")
+  assert bench._wanted("gru", ["rnnjax_bf16"]) == ["rnnjax", "rnnjax_bf16"]
+  params = rnnjax.lstm(4).init(jax.random.key(0), 3)
+  c = bench_peers.JAX_PEERS["rnnjax_bf16"]("lstm", 4, params)
+  assert (c.name, c.baseline) == ("rnnjax_bf16", "rnnjax") and c.params is params
+  xs = jax.random.normal(jax.random.key(1), (5, 2, 3))
+  ys = c.forward(params, xs)
+  zeros = np.zeros((2, 4))
+  want, _ = reference.run_batch(functools.partial(reference.lstm_step, params), (zeros, zeros), xs)
+  err = np.max(np.abs(np.asarray(ys, np.float64) - want))
+  assert ys.dtype == jnp.bfloat16 and 0 < err < bench.TOLERANCES["rnnjax_bf16"]
+
+
+def test_bench_times_bfloat16_against_float32_in_the_modes_asked(monkeypatch):
+  rows = bench.run("gru", [(2, 5, 3, 4)], repeats=2, threads=1, names=["rnnjax_bf16"],
+                   modes=("fwd",), note=lambda line: None)
+  assert [(r["contender"], r["mode"], r["baseline"]) for r in rows] == [
+      ("rnnjax", "fwd", "rnnjax"), ("rnnjax_bf16", "fwd", "rnnjax")]
+  assert "| rnnjax_bf16 | " in bench.table(rows)
+  # A bfloat16 contender that computes another function is refused before any timing.
+  build = lambda cell_name, hidden, params: bench_peers.JaxContender(
+      "rnnjax_bf16", params, lambda p, xs: rnnjax.unroll(
+          rnnjax.gru(hidden, dtype=jnp.bfloat16), p, xs)[0] + 0.1)
+  monkeypatch.setitem(bench_peers.JAX_PEERS, "rnnjax_bf16", build)
+  code, stdout, stderr = _main(["bench", *TINY, "--cell", "gru", "--contenders", "rnnjax_bf16"])
+  assert code == 1 and "###" not in stdout
+  assert re.search(r"rnnjax_bf16's outputs differ from rnnjax's by (9\.\d\de-02|1\.\d\de-01) "
+                   r"\(> 0\.03\)", stderr), stderr
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -1,7 +1,7 @@
 """Peer implementations for `rnnjax bench`, each loaded with rnnjax's weights.
 
 Every builder takes `(cell_name, hidden, params)`, rnnjax params (`LSTMParams` or
-`GRUParams`, gates in PyTorch's order), and returns a
+`GRUParams`, float32, gates in PyTorch's order), and returns a
 `JaxContender(name, params, forward, baseline)` whose `forward(params, xs[T, B, I])
 -> ys[T, B, H]` computes the same function as `rnnjax.unroll`, or raises `Skip`
 with the reason it cannot. `baseline` names the rnnjax contender the peer is
@@ -42,21 +42,25 @@ def _gates(w: jax.Array, n: int) -> list[jax.Array]:
 
 
 def rnnjax_contender(cell_name: str, hidden: int, params: Any, *, reset_after: bool = True,
-                     fused: bool = True) -> JaxContender:
-  """rnnjax's `unroll` under one of its three names.
+                     fused: bool = True, dtype: Any = jnp.float32) -> JaxContender:
+  """rnnjax's `unroll` under one of its four names.
 
   `rnnjax` is the default (the fused fast path), `rnnjax_generic` forces the generic
-  `lax.scan` path (`fused=False`, plain autodiff) and `rnnjax_reset_before` is the GRU's
-  "reset before" form, the reference for Haiku's GRU.
+  `lax.scan` path (`fused=False`, plain autodiff), `rnnjax_reset_before` is the GRU's
+  "reset before" form, the reference for Haiku's GRU, and `rnnjax_bf16` is the fast
+  path in mixed precision (`dtype=jnp.bfloat16`): the same float32 params and carry,
+  bfloat16 matrix products accumulated in float32, bfloat16 outputs.
   """
   if cell_name == "lstm":
-    cell = rnnjax.lstm(hidden)
+    cell = rnnjax.lstm(hidden, dtype=dtype)
   else:
-    cell = rnnjax.gru(hidden, reset_after=reset_after)
+    cell = rnnjax.gru(hidden, reset_after=reset_after, dtype=dtype)
   if not reset_after:
     if cell_name != "gru":
       raise Skip(f"rnnjax_reset_before is a GRU variant; the cell is {cell_name}")
     name = baseline = "rnnjax_reset_before"
+  elif jnp.dtype(dtype) == jnp.bfloat16:
+    name, baseline = "rnnjax_bf16", "rnnjax"
   elif fused:
     name = baseline = "rnnjax"
   else:
@@ -197,6 +201,7 @@ JAX_PEERS: dict[str, Callable[[str, int, Any], JaxContender]] = {
     "rnnjax": rnnjax_contender,
     "rnnjax_reset_before": functools.partial(rnnjax_contender, reset_after=False),
     "rnnjax_generic": functools.partial(rnnjax_contender, fused=False),
+    "rnnjax_bf16": functools.partial(rnnjax_contender, dtype=jnp.bfloat16),
     "flax": flax_contender,
     "equinox": equinox_contender,
     "haiku": haiku_contender,
