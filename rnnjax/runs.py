@@ -32,13 +32,13 @@ if TYPE_CHECKING:
   from rnnjax.tasks import Task
 
 
-def _lru(hidden: int) -> rnnjax.Cell:
+def _lru(hidden: int, **kwargs: Any) -> rnnjax.Cell:
   """The LRU with `hidden` complex states and `hidden` outputs (its default is the input size)."""
-  return rnnjax.lru(hidden, output_size=hidden)
+  return rnnjax.lru(hidden, output_size=hidden, **kwargs)
 
 
-def _rglru(hidden: int) -> rnnjax.Cell:
-  return rnnjax.rglru(hidden)
+def _rglru(hidden: int, **kwargs: Any) -> rnnjax.Cell:
+  return rnnjax.rglru(hidden, **kwargs)
 
 
 # The cells of `rnnjax train --cell`: each builds a cell of hidden (output) size H from H. The
@@ -49,6 +49,11 @@ CELLS: dict[str, Callable[[int], rnnjax.Cell]] = {
     "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru}
 # The optimizers of `rnnjax train --optimizer`.
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# The initialisations of `rnnjax train --init`, and the cells whose factory takes `init=`.
+INITS = ("default", "pytorch")
+INIT_CELLS = ("elman", "gru", "lstm", "mgu")
+# The compute dtypes of `rnnjax train --dtype` (params, carry and accumulation stay float32).
+DTYPES = ("float32", "bfloat16")
 
 
 def make_task(config: dict[str, Any]) -> Task:
@@ -76,10 +81,23 @@ def model_core(config: dict[str, Any]) -> rnnjax.Cell:
   """The recurrent core of `make_model`'s model: one cell, or a stack of `layers` cells.
 
   Args:
-    config: reads `cell` (a key of `CELLS`), `hidden`, `layers` and `dropout` (between
-      stacked layers).
+    config: reads `cell` (a key of `CELLS`), `hidden`, `layers`, `dropout` (between
+      stacked layers), `init` (one of `INITS`; a config without it, from before
+      `--init`, means "default"; "pytorch" needs a cell of `INIT_CELLS`) and `dtype`
+      (the cells' compute dtype, one of `DTYPES`; absent means "float32").
   """
-  cells = [CELLS[config["cell"]](config["hidden"]) for _ in range(config["layers"])]
+  init = config.get("init") or "default"
+  if init not in INITS:
+    raise ValueError(f"rnnjax.runs.model_core: init must be one of {', '.join(INITS)}, got "
+                     f"{init!r}.")
+  if init != "default" and config["cell"] not in INIT_CELLS:
+    raise ValueError(f"rnnjax.runs.model_core: init={init!r} needs a cell whose factory takes "
+                     f"`init` ({', '.join(INIT_CELLS)}), got cell={config['cell']!r}; use "
+                     "init='default'.")
+  kwargs = {} if init == "default" else {"init": init}
+  if compute_dtype(config) != "float32":
+    kwargs["dtype"] = compute_dtype(config)
+  cells = [CELLS[config["cell"]](config["hidden"], **kwargs) for _ in range(config["layers"])]
   return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
 
 
@@ -92,7 +110,20 @@ def make_model(config: dict[str, Any], task: Task) -> rnnjax.SequenceModel:
   """
   return rnnjax.sequence_model(model_core(config), input_size=task.input_size,
                                output_size=task.output_size, vocab_size=task.vocab_size,
-                               engine=config.get("engine", "auto"))
+                               engine=config.get("engine", "auto"), dtype=compute_dtype(config))
+
+
+def compute_dtype(config: dict[str, Any]) -> str:
+  """The compute dtype of a config (`--dtype`): one of `DTYPES`, "float32" if absent.
+
+  Args:
+    config: reads `dtype`.
+  """
+  dtype = config.get("dtype") or "float32"
+  if dtype not in DTYPES:
+    raise ValueError(f"rnnjax.runs.compute_dtype: dtype must be one of {', '.join(DTYPES)}, "
+                     f"got {dtype!r}.")
+  return dtype
 
 
 def engine_used(config: dict[str, Any], num_steps: int) -> str:

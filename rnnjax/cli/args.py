@@ -14,7 +14,7 @@ from typing import Any
 
 import rnnjax
 from rnnjax.cli.errors import UsageError
-from rnnjax.runs import CELLS, OPTIMIZERS
+from rnnjax.runs import CELLS, DTYPES, INIT_CELLS, INITS, OPTIMIZERS
 from rnnjax.tools import bench
 
 # The parser's description (the first line of `rnnjax --help`).
@@ -30,9 +30,11 @@ TASK_DEFAULTS = {
     "adding": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
     "copy": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
     "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3, eval_every=500),
+    "shakespeare": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3, eval_every=500),
 }
 # Which tasks read --length, --delay and --window.
-TASK_OPTIONS = {"length": ("adding",), "delay": ("copy",), "window": ("co2", "sunspots", "text")}
+TASK_OPTIONS = {"length": ("adding",), "delay": ("copy",), "window": ("co2", "sunspots", "text",
+                                                                       "shakespeare")}
 SEED_LIMIT = 2**32  # JAX keys take 32-bit seeds: 2**32 would give the key of 0.
 
 
@@ -150,6 +152,10 @@ def _add_train(t: argparse.ArgumentParser) -> None:
       f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items())
   t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2", help="the task")
   t.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="the recurrent cell")
+  t.add_argument("--init", choices=INITS, default="default", help="the cell's initial weights: "
+                 f"default, or PyTorch's (uniform in ±1/sqrt(H); {', '.join(INIT_CELLS)})")
+  t.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype: bfloat16 "
+                 "is mixed precision (float32 params, carry and accumulation)")
   t.add_argument("--hidden", type=_positive(int),
                  help=f"hidden size of each layer (default: {task_default('hidden')})")
   t.add_argument("--layers", type=_positive(int), default=1, help="stacked layers")
@@ -278,6 +284,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError(f"--dropout must be in [0, 1), got {config['dropout']}")
   if config["text"] is not None and args.task != "text":
     raise UsageError(f"--text is only used with --task text, got --task {args.task}")
+  if config["init"] != "default" and args.cell not in INIT_CELLS:
+    raise UsageError(f"--init {config['init']} needs a classic cell ({', '.join(INIT_CELLS)}), "
+                     f"got --cell {args.cell}; use --init default")
   engine = config.get("engine", "auto")
   if engine in ("parallel", "chunked"):
     if not rnnjax.is_linear(CELLS[args.cell](1)):

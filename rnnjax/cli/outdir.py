@@ -24,7 +24,7 @@ RUN_ONLY = {"out", "resume", "overwrite", "steps", "quiet", "no_plots", "eval_ev
             "checkpoint_every", "keep", "diagnostics", "engine", "patience", "tensorboard",
             "config", "versions", "git_commit"}
 # The options added since the first config.json, with the value an older run had.
-_ADDED = {"optimizer": "adam", "weight_decay": 0.0}
+_ADDED = {"optimizer": "adam", "weight_decay": 0.0, "init": "default", "dtype": "float32"}
 # Options that `--resume` may also change, with a note: the optimizer's learning rate and
 # clipping (after a divergence, say), which leave the shapes of the state as they were.
 RESUME_MAY_CHANGE = ("lr", "clip")

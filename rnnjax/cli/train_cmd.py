@@ -70,7 +70,10 @@ def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathl
     return task.evaluate(lambda xs: predict(params, xs), split)
 
   engine = engine_used(config, jax.eval_shape(batch_fn, 0)["xs"].shape[0])
-  print(f"rnnjax train: {config['cell']} x{config['layers']} (hidden {config['hidden']}) on "
+  init = "" if config.get("init", "default") == "default" else f", {config['init']} init"
+  if config.get("dtype", "float32") != "float32":
+    init += f", {config['dtype']} compute"
+  print(f"rnnjax train: {config['cell']} x{config['layers']} (hidden {config['hidden']}{init}) on "
         f"{task.name}, {config['steps']} steps, batch {config['batch_size']}, "
         f"{config['optimizer']}, {engine} engine on {jax.default_backend()} -> {out}",
         flush=True)
