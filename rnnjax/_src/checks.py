@@ -155,8 +155,8 @@ def layout_hint(arg: str, got: tuple[int, ...], xs_shape: Any, time_major: bool,
           f"{xs_name} with jnp.moveaxis({xs_name}, {move}).")
 
 
-def step_input(fn: str, x: Any, input_size: int | None, dtype: Any = None) -> None:
-  """Checks one step's input `x: [..., I]`, and its dtype if `dtype` is given."""
+def step_input(fn: str, x: Any, input_size: int | None) -> None:
+  """Checks one step's input `x: [..., I]` (its dtype is the cell's to check: cells cast)."""
   shape = getattr(x, "shape", None)
   if shape is None or len(shape) < 1:
     raise ValueError(
@@ -168,7 +168,6 @@ def step_input(fn: str, x: Any, input_size: int | None, dtype: Any = None) -> No
         f"{fn}: x has feature size {shape[-1]} but params were made for "
         f"input_size={input_size} (x.shape={tuple(shape)})."
     )
-  input_dtype(fn, "x", x, dtype)
 
 
 def lengths(fn: str, lengths: Any, num_steps: int, batch_shape: tuple[int, ...], *,
@@ -339,7 +338,10 @@ def params_dtype(params: Any) -> Any:
 
 
 def input_dtype(fn: str, name: str, x: Any, dtype: Any) -> None:
-  """Checks that the input `x` has the params' dtype `dtype` (as JAX will see it)."""
+  """Checks that the input `x` has the params' dtype `dtype` (as JAX will see it).
+
+  `precision.check_sequence_dtype` calls it where a cell does not take `x`'s dtype.
+  """
   if dtype is None or not hasattr(x, "dtype"):
     return
   got = np.dtype(jax.dtypes.canonicalize_dtype(x.dtype))

@@ -127,11 +127,7 @@ def check_sequence_dtype(fn: str, name: str, apply: Any, params: Any, carry: Any
           n.dtype == c.dtype for n, c in zip(jax.tree_util.tree_leaves(new),
                                             jax.tree_util.tree_leaves(carry), strict=True)))
   if not ok:
-    other = (f" (or build the cell with dtype=jnp.{got.name})"
-             if jnp.issubdtype(got, jnp.floating) else "")
-    raise TypeError(
-        f"{fn}: {name} has dtype {got.name} but the cell's params are {want.name}; cast {name} "
-        f"with {name}.astype(jnp.{want.name}){other}.")
+    checks.input_dtype(fn, name, xs, want)  # raises: `got` is not `want`
 
 
 def floating(fn: str, name: str, dtype: Any) -> np.dtype:
