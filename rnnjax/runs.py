@@ -52,6 +52,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # The initialisations of `rnnjax train --init`, and the cells whose factory takes `init=`.
 INITS = ("default", "pytorch")
 INIT_CELLS = ("elman", "gru", "lstm", "mgu")
+# The readouts of `sequence_model`; `rnnjax train --readout` takes all but "steps" (per step),
+# for classification tasks.
+READOUTS = ("steps", "last", "mean", "flatten")
 # The compute dtypes of `rnnjax train --dtype` (params, carry and accumulation stay float32).
 DTYPES = ("float32", "bfloat16")
 
@@ -72,7 +75,8 @@ def make_task(config: dict[str, Any]) -> Task:
     kwargs["length"] = config["length"]
   if config["task"] == "copy" and config.get("delay") is not None:
     kwargs["delay"] = config["delay"]
-  if config.get("window") is not None and config["task"] in ("co2", "sunspots", "text"):
+  if config.get("window") is not None and config["task"] in ("co2", "sunspots", "text",
+                                                         "shakespeare"):
     kwargs["window"] = config["window"]
   return tasks.get_task(config["task"], **kwargs)
 
@@ -105,12 +109,54 @@ def make_model(config: dict[str, Any], task: Task) -> rnnjax.SequenceModel:
   """The `sequence_model` of a config for a task: embedding or features, core, read-out.
 
   Args:
-    config: reads what `model_core` reads, and `engine` (default "auto").
-    task: the task (its `input_size`, `output_size` and `vocab_size`).
+    config: reads what `model_core` and `model_readout` read, and `engine` (default
+      "auto").
+    task: the task (its `input_size`, `output_size`, `vocab_size` and `readout`).
   """
+  readout, num_steps = model_readout(config, task)
   return rnnjax.sequence_model(model_core(config), input_size=task.input_size,
                                output_size=task.output_size, vocab_size=task.vocab_size,
-                               engine=config.get("engine", "auto"), dtype=compute_dtype(config))
+                               engine=config.get("engine", "auto"), dtype=compute_dtype(config),
+                               readout=readout, num_steps=num_steps)
+
+
+def model_readout(config: dict[str, Any], task: Task) -> tuple[str, int | None]:
+  """The readout of `make_model`'s model and its `num_steps` (None unless "flatten").
+
+  A task that predicts every step (`task.readout == "steps"`) takes no other readout;
+  a classification task takes "last", "mean" or "flatten" (default: its own).
+
+  Args:
+    config: reads `readout` (absent or None: the task's, so a config from before
+      readouts means "steps") and `num_steps` (absent or None: the task's `T`, from the
+      shape of a training batch).
+    task: the task (its `readout`, and `train_batch` for `T`).
+  """
+  fn = "rnnjax.runs.model_readout"
+  own = getattr(task, "readout", "steps")  # A task-like object without one predicts per step.
+  readout = config.get("readout") or own
+  if own == "steps" and readout != "steps":
+    raise ValueError(f"{fn}: task {task.name!r} predicts every step (readout 'steps'), got "
+                     f"readout={readout!r}; drop the readout.")
+  if own != "steps" and readout == "steps":
+    raise ValueError(f"{fn}: task {task.name!r} predicts one label per sequence, got "
+                     "readout='steps'; use 'last', 'mean' or 'flatten'.")
+  if readout != "flatten":
+    return readout, None
+  num_steps = config.get("num_steps")
+  if num_steps is None:
+    num_steps = task_steps(task)
+  return readout, num_steps
+
+
+def task_steps(task: Task) -> int:
+  """`T`, the steps of the task's training batches (by shape evaluation, without data).
+
+  Args:
+    task: the task.
+  """
+  batch = jax.eval_shape(lambda key: task.train_batch(key, 1), jax.random.PRNGKey(0))
+  return int(batch["xs"].shape[0])
 
 
 def compute_dtype(config: dict[str, Any]) -> str:
@@ -173,7 +219,8 @@ def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
 def make_loss(config: dict[str, Any], task: Task, model: rnnjax.SequenceModel) -> Callable:
   """The training loss `loss(params, batch, key)` of a model on a task, for `make_train_step`.
 
-  The model reads `batch["xs"]`; its predictions are scored by `task.loss`. `key`
+  The model reads `batch["xs"]` (and `batch["lengths"]`, the valid steps of each
+  sequence, where the batch has them); its predictions are scored by `task.loss`. `key`
   drives the dropout between stacked layers (if `dropout` > 0); with `tbptt`, the
   gradients stop every `tbptt` steps.
 
@@ -185,21 +232,24 @@ def make_loss(config: dict[str, Any], task: Task, model: rnnjax.SequenceModel) -
   dropout, tbptt = config.get("dropout", 0.0), config.get("tbptt")
 
   def loss(params: Any, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
-    preds, _ = model.apply(params, batch["xs"], key=key if dropout else None, tbptt=tbptt)
+    preds, _ = model.apply(params, batch["xs"], lengths=batch.get("lengths"),
+                           key=key if dropout else None, tbptt=tbptt)
     return task.loss(preds, batch)
 
   return loss
 
 
-def make_predict(model: rnnjax.SequenceModel) -> Callable[[Any, jax.Array], jax.Array]:
-  """`predict(params, xs) -> preds`: the model's outputs on a whole sequence, jitted.
+def make_predict(model: rnnjax.SequenceModel) -> Callable[..., jax.Array]:
+  """`predict(params, xs, lengths=None) -> preds`: the model's outputs on whole sequences, jitted.
 
-  `task.evaluate(lambda xs: predict(params, xs), split)` scores params on a split.
+  `task.evaluate(lambda xs, lengths=None: predict(params, xs, lengths), split)` scores
+  params on a split (a classification task passes the lengths of its sequences).
 
   Args:
-    model: the model; `xs` is `[T, B, I]` (or `[T, B]` tokens), `preds` `[T, B, O]`.
+    model: the model; `xs` is `[T, B, I]` (or `[T, B]` tokens), `lengths` `[B]` or None,
+      `preds` `[T, B, O]` (`[B, O]` for a readout other than "steps").
   """
-  return jax.jit(lambda params, xs: model.apply(params, xs)[0])
+  return jax.jit(lambda params, xs, lengths=None: model.apply(params, xs, lengths=lengths)[0])
 
 
 class Run(NamedTuple):
@@ -236,7 +286,8 @@ def load_run(directory: str | os.PathLike, which: str = "best") -> Run:
 
   Returns:
     A `Run(model, params, config, task, step)`. Its params score on a split with
-    `task.evaluate(lambda xs: model.apply(params, xs)[0], "test")`.
+    `task.evaluate(lambda xs, lengths=None: model.apply(params, xs, lengths=lengths)[0],
+    "test")` (a classification task passes `lengths`; the others call `predict(xs)`).
 
   Raises:
     FileNotFoundError: `directory` holds no `config.json`, or (`which="newest"`) no
@@ -247,8 +298,9 @@ def load_run(directory: str | os.PathLike, which: str = "best") -> Run:
   Examples:
     >>> import rnnjax
     >>> run = rnnjax.load_run("runs/co2-lstm")  # doctest: +SKIP
+    >>> predict = rnnjax.runs.make_predict(run.model)  # doctest: +SKIP
     >>> metrics, details = run.task.evaluate(
-    ...     lambda xs: run.model.apply(run.params, xs)[0], "test")  # doctest: +SKIP
+    ...     lambda xs, lengths=None: predict(run.params, xs, lengths), "test")  # doctest: +SKIP
   """
   fn = "rnnjax.load_run"
   if which not in ("best", "newest"):

@@ -17,6 +17,7 @@ from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, layers, precision
 from rnnjax._src import linear as linear_lib
 from rnnjax._src import parallel as parallel_lib
+from rnnjax._src import readout as readout_lib
 from rnnjax._src import unroll as unroll_lib
 
 ENGINES = ("auto", "sequential", "parallel", "chunked")
@@ -25,7 +26,7 @@ ENGINES = ("auto", "sequential", "parallel", "chunked")
 class SequenceModelParams(NamedTuple):
   embed: jax.Array | None  # [V, E] token embedding, None for float inputs
   core: Any  # params of the recurrent core
-  w_out: jax.Array  # [C, O], C the core's output size
+  w_out: jax.Array  # [C, O], C the core's output size (T * C for readout="flatten")
   b_out: jax.Array  # [O]
 
 
@@ -33,7 +34,8 @@ class SequenceModel(NamedTuple):
   """`init(key) -> params`, `initial_carry(params, batch_shape)`, and
   `apply(params, xs, carry=None, *, lengths=None, key=None, tbptt=None, time_major=True)
   -> (preds, carry)` with `xs: [T, B, I]` floats or `[T, B]` token ids, `preds: [T, B, O]`
-  (`[B, T, I]`, `[B, T]` and `[B, T, O]` with `time_major=False`)."""
+  (`[B, T, I]`, `[B, T]` and `[B, T, O]` with `time_major=False`); `preds: [B, O]` for a
+  readout other than "steps"."""
 
   init: Callable[[jax.Array], SequenceModelParams]
   initial_carry: Callable[..., Any]
@@ -43,7 +45,8 @@ class SequenceModel(NamedTuple):
 def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, output_size: int,
                    vocab_size: int | None = None, embed_size: int = 64,
                    engine: str = "auto", dtype: Any = jnp.float32,
-                   param_dtype: Any = None) -> SequenceModel:
+                   param_dtype: Any = None, readout: str = "steps",
+                   num_steps: int | None = None) -> SequenceModel:
   """Wraps a recurrent core with an input encoder and a linear read-out.
 
   Args:
@@ -71,6 +74,16 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       that dtype, so that losses are computed in float32.
     param_dtype: the dtype of the embedding and read-out params; default float32
       (float64 with `dtype=jnp.float64`).
+    readout: what the read-out reads, over each sequence's valid steps (`t < lengths`;
+      all `T` without lengths): `"steps"` (every step, `preds: [T, B, O]`), or one
+      prediction per sequence, `preds: [B, O]`: `"last"` (the core's output at step
+      `lengths - 1`; a backward direction's, of `bidirectional(..., merge="concat")` or
+      `rnn(cell, reverse=True)` on top, at step 0, where it ends), `"mean"` (the mean
+      over the valid steps) or `"flatten"` (all `T` steps' outputs side by side, zeros
+      past each length, `w_out: [T * C, O]`). A sequence of length 0 reads zeros, so its
+      prediction is `b_out`.
+    num_steps: `T`, for `readout="flatten"` only (and needed there): every input must
+      have this many steps.
 
   `apply` takes `time_major=False` for batch-major inputs (`[B, T, I]` floats or
   `[B, T]` token ids; `lengths` stays `[B]`) and then returns `[B, T, O]`, as
@@ -83,6 +96,12 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     >>> preds, carry = model.apply(params, jnp.ones((10, 4, 2)))
     >>> preds.shape
     (10, 4, 1)
+    >>> classify = rnnjax.sequence_model(rnnjax.gru(16), input_size=2, output_size=3,
+    ...                                  readout="last")
+    >>> logits, _ = classify.apply(classify.init(jax.random.key(0)), jnp.ones((10, 4, 2)),
+    ...                            lengths=jnp.array([10, 7, 3, 1]))
+    >>> logits.shape
+    (4, 3)
   """
   fn = "rnnjax.sequence_model"
   if not isinstance(core, (cell_lib.Cell, layers.Layer)):
@@ -105,6 +124,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
         f"cell from rnnjax.with_recurrence, or a stack of them), got "
         f"{'a Layer' if not is_cell else 'a cell without a linear recurrence'}. "
         "Use engine='auto' or 'sequential'.")
+  num_steps = readout_lib.check(fn, readout, num_steps, core)
 
   def init(key: jax.Array) -> SequenceModelParams:
     checks.key(f"{fn}.init", "key", key)
@@ -113,7 +133,8 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     if vocab_size is not None:
       embed = cell_lib.draw(jax.random.normal, k_e, (vocab_size, embed_size), prec.param)
     core_params = core.init(k_c, core_in)
-    core_out = layers.output_size(core, core_params, core_in)
+    core_out = readout_lib.features(readout, layers.output_size(core, core_params, core_in),
+                                    num_steps)
     w_out = cell_lib.draw(jax.nn.initializers.lecun_normal(), k_o, (core_out, output_size),
                           prec.param)
     return SequenceModelParams(embed, core_params, w_out, jnp.zeros((output_size,), prec.param))
@@ -127,6 +148,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
             tbptt: int | None = None, time_major: bool = True) -> tuple[jax.Array, Any]:
     checks.params(f"{fn}.apply", params, SequenceModelParams, made_by=fn)
     time_major = checks.boolean(f"{fn}.apply", "time_major", time_major)
+    shape = tuple(getattr(xs, "shape", ()))
     if params.embed is not None:
       xs = embed_tokens(f"{fn}.apply", params.embed, xs, lengths, time_major=time_major)
       xs = xs.astype(prec.compute)
@@ -137,20 +159,12 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
           f"[T, B, input_size={core_in}].")
     if not time_major:  # Checked as given (messages quote the caller's shapes).
       xs, lengths, _ = unroll_lib.batch_major_input(f"{fn}.apply", xs, core_in, lengths, None)
-    run = model_engine(core, engine, tbptt=tbptt, key_given=key is not None,
-                       fn=f"{fn}.apply")
-    if tbptt is not None:
-      if not is_cell:
-        raise ValueError(f"{fn}.apply: `tbptt` needs a Cell core, got a Layer.")
-      hs, carry = unroll_lib.truncated_unroll(core, params.core, xs, carry, chunk=tbptt,
-                                              lengths=lengths, key=key)
-    elif run != "sequential":
-      hs, carry = parallel_lib.parallel_unroll(core, params.core, xs, carry, lengths=lengths,
-                                               engine=run)
-    elif is_cell:
-      hs, carry = unroll_lib.unroll(core, params.core, xs, carry, lengths=lengths, key=key)
-    else:
-      hs, carry = core.apply(params.core, xs, carry, lengths=lengths, key=key)
+    readout_lib.check_steps(f"{fn}.apply", readout, num_steps, xs.shape[0], shape)
+    hs, carry = run_core(core, params.core, xs, carry, engine=engine, lengths=lengths, key=key,
+                         tbptt=tbptt, fn=f"{fn}.apply")
+    if readout != "steps":
+      pooled = readout_lib.read(readout, core, params.core, core_in, hs, lengths)
+      return prec.affine(pooled, params.w_out, params.b_out), carry
     preds = prec.affine(hs, params.w_out, params.b_out)
     return (preds if time_major else unroll_lib.from_time_major(preds, preds.ndim - 2)), carry
 
@@ -222,6 +236,23 @@ def embed_tokens(fn: str, embed: jax.Array, ids: Any, lengths: Any, *,
   if valid is not None:
     vectors = jnp.where(valid[..., None], vectors, jnp.zeros_like(vectors))
   return vectors
+
+
+def run_core(core: cell_lib.Cell | layers.Layer, params: Any, xs: jax.Array, carry: Any, *,
+             engine: str, lengths: jax.Array | None, key: jax.Array | None,
+             tbptt: int | None, fn: str) -> tuple[jax.Array, Any]:
+  """`(hs, carry)`: the core over time-major `xs`, on the engine `model_engine` picks."""
+  run = model_engine(core, engine, tbptt=tbptt, key_given=key is not None, fn=fn)
+  if tbptt is not None:
+    if not isinstance(core, cell_lib.Cell):
+      raise ValueError(f"{fn}: `tbptt` needs a Cell core, got a Layer.")
+    return unroll_lib.truncated_unroll(core, params, xs, carry, chunk=tbptt, lengths=lengths,
+                                       key=key)
+  if run != "sequential":
+    return parallel_lib.parallel_unroll(core, params, xs, carry, lengths=lengths, engine=run)
+  if isinstance(core, cell_lib.Cell):
+    return unroll_lib.unroll(core, params, xs, carry, lengths=lengths, key=key)
+  return core.apply(params, xs, carry, lengths=lengths, key=key)
 
 
 def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int | None = None,

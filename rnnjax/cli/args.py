@@ -14,7 +14,7 @@ from typing import Any
 
 import rnnjax
 from rnnjax.cli.errors import UsageError
-from rnnjax.runs import CELLS, DTYPES, INIT_CELLS, INITS, OPTIMIZERS
+from rnnjax.runs import CELLS, DTYPES, INIT_CELLS, INITS, OPTIMIZERS, READOUTS
 from rnnjax.tools import bench
 
 # The parser's description (the first line of `rnnjax --help`).
@@ -30,8 +30,13 @@ TASK_DEFAULTS = {
     "adding": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
     "copy": dict(hidden=64, steps=3000, batch_size=64, lr=2e-3, eval_every=500),
     "text": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3, eval_every=500),
-    "shakespeare": dict(hidden=256, steps=2000, batch_size=32, lr=3e-3, eval_every=500),
+    "shakespeare": dict(hidden=256, steps=1000, batch_size=64, lr=1e-2, eval_every=250),
 }
+# The defaults of a task outside `TASK_DEFAULTS` (a classification task, `--task uea:NAME`)
+# whose `info` holds no "defaults" of its own (see `task_defaults`).
+CLASSIFICATION_DEFAULTS = dict(hidden=64, steps=1000, batch_size=32, lr=3e-3, eval_every=100)
+# The task names beyond `rnnjax.tasks.TASKS` that `--task` takes: PREFIX:NAME (get_task's).
+TASK_PREFIXES = {"uea": "a UEA/UCR archive dataset bundled with aeon, e.g. uea:JapaneseVowels"}
 # Which tasks read --length, --delay and --window.
 TASK_OPTIONS = {"length": ("adding",), "delay": ("copy",), "window": ("co2", "sunspots", "text",
                                                                        "shakespeare")}
@@ -97,6 +102,45 @@ def _seed(text: str) -> int:
   return value
 
 
+def task_defaults(name: str) -> dict[str, Any]:
+  """The defaults of `rnnjax train --task NAME`'s hidden, steps, batch_size, lr and eval_every.
+
+  `TASK_DEFAULTS[name]` for the built-in tasks; for any other (a classification task
+  such as `uea:JapaneseVowels`) the task's own `info["defaults"]`, over
+  `CLASSIFICATION_DEFAULTS` (all of them if the task cannot be built here: `rnnjax
+  train` then reports why when it builds it).
+
+  Args:
+    name: the task's name, as `--task` takes it.
+  """
+  if name in TASK_DEFAULTS:
+    return dict(TASK_DEFAULTS[name])
+  from rnnjax import tasks  # Imported here: building a task reads its data.
+
+  try:
+    own = tasks.get_task(name).info.get("defaults") or {}
+  except (ValueError, TypeError, ImportError, OSError):  # Reported when train builds it.
+    own = {}
+  return {**CLASSIFICATION_DEFAULTS, **{k: v for k, v in own.items()
+                                        if k in CLASSIFICATION_DEFAULTS}}
+
+
+def _task_name(text: str) -> str:
+  """`--task`: a name of `rnnjax.tasks.TASKS`, or PREFIX:NAME with a prefix of `TASK_PREFIXES`
+  (NAME is checked when the task is built)."""
+  from rnnjax import tasks
+
+  prefix, colon, rest = text.partition(":")
+  if text in tasks.TASKS or (colon and prefix in TASK_PREFIXES and rest):
+    return text
+  choices = [*sorted(tasks.TASKS), *(f"{p}:NAME ({what})" for p, what in TASK_PREFIXES.items())]
+  raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                   f"{', '.join(choices)})")
+
+
+_task_name.__name__ = "task name"
+
+
 def _parsed_by(parse):
   """An argparse `type` from a parser that raises ValueError with a full message."""
   def wrapped(text: str):
@@ -149,18 +193,12 @@ def build_parser(*, train_defaults: dict[str, Any] | None = None) -> argparse.Ar
 def _add_train(t: argparse.ArgumentParser) -> None:
   """The options of `rnnjax train`."""
   task_default = lambda name: "the task's: " + ", ".join(
-      f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items())
-  t.add_argument("--task", choices=sorted(TASK_DEFAULTS), default="co2", help="the task")
-  t.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="the recurrent cell")
-  t.add_argument("--init", choices=INITS, default="default", help="the cell's initial weights: "
-                 f"default, or PyTorch's (uniform in ±1/sqrt(H); {', '.join(INIT_CELLS)})")
-  t.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype: bfloat16 "
-                 "is mixed precision (float32 params, carry and accumulation)")
-  t.add_argument("--hidden", type=_positive(int),
-                 help=f"hidden size of each layer (default: {task_default('hidden')})")
-  t.add_argument("--layers", type=_positive(int), default=1, help="stacked layers")
-  t.add_argument("--dropout", type=float, default=0.0,
-                 help="dropout between stacked layers, in [0, 1)")
+      f"{task} {d[name]:g}" for task, d in TASK_DEFAULTS.items()) + (
+      f", uea:NAME the dataset's (else {CLASSIFICATION_DEFAULTS[name]:g})")
+  t.add_argument("--task", type=_task_name, default="co2", metavar="TASK",
+                 help=f"the task: {', '.join(sorted(TASK_DEFAULTS))}, or a classification task, "
+                 "uea:NAME (a UEA/UCR dataset bundled with aeon, pip install 'rnnjax[uea]')")
+  _add_model(t, task_default)
   t.add_argument("--steps", type=_positive(int),
                  help=f"training steps (default: {task_default('steps')})")
   t.add_argument("--batch-size", type=_positive(int),
@@ -195,7 +233,8 @@ def _add_train(t: argparse.ArgumentParser) -> None:
   t.add_argument("--delay", type=_positive(int), default=None,
                  help="copy-memory delay (default: 100)")
   t.add_argument("--window", type=_positive(int), default=None,
-                 help="training window length (default: co2 48, sunspots 40, text 128)")
+                 help="training window length (default: co2 48, sunspots 40, text 128, "
+                 "shakespeare 64)")
   t.add_argument("--tbptt", type=_positive(int), default=None,
                  help="truncated BPTT: stop gradients every this many steps (default: off)")
   t.add_argument("--engine", choices=("auto", "sequential", "parallel", "chunked"),
@@ -223,6 +262,24 @@ def _add_train(t: argparse.ArgumentParser) -> None:
                  help="measure gradient norms over time and step-Jacobian spectra on one "
                  "training batch, at initialisation and after training: diagnostics.json/png")
   t.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _add_model(t: argparse.ArgumentParser, task_default) -> None:
+  """The model options of `rnnjax train` (`task_default(name)`: the help for a task default)."""
+  t.add_argument("--cell", choices=sorted(CELLS), default="lstm", help="the recurrent cell")
+  t.add_argument("--init", choices=INITS, default="default", help="the cell's initial weights: "
+                 f"default, or PyTorch's (uniform in ±1/sqrt(H); {', '.join(INIT_CELLS)})")
+  t.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype: bfloat16 "
+                 "is mixed precision (float32 params, carry and accumulation)")
+  t.add_argument("--readout", choices=READOUTS[1:], default=None,
+                 help="how a classification task's model reads each sequence: at its last "
+                 "valid step, the mean over its valid steps, or all steps flattened (default: "
+                 "the task's, last; per-step tasks take none)")
+  t.add_argument("--hidden", type=_positive(int),
+                 help=f"hidden size of each layer (default: {task_default('hidden')})")
+  t.add_argument("--layers", type=_positive(int), default=1, help="stacked layers")
+  t.add_argument("--dropout", type=float, default=0.0,
+                 help="dropout between stacked layers, in [0, 1)")
 
 
 def _add_sample(s: argparse.ArgumentParser) -> None:
@@ -266,11 +323,11 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     args: the parsed `rnnjax train` command line (from `build_parser`).
   """
   config = {k: v for k, v in vars(args).items() if k != "command"}
-  for name, value in TASK_DEFAULTS[args.task].items():
+  for name, value in task_defaults(args.task).items():
     if config.get(name) is None:
       config[name] = value
   if config["out"] is None:
-    config["out"] = str(pathlib.Path("runs") / f"{args.task}-{args.cell}")
+    config["out"] = str(pathlib.Path("runs") / f"{args.task.replace(':', '-')}-{args.cell}")
   if not config["out"].strip():
     raise UsageError(f"--out must name a directory, got {config['out']!r}")
   if config["resume"] and config["overwrite"]:

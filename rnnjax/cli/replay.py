@@ -23,8 +23,11 @@ from rnnjax.cli.errors import UsageError, _reason
 
 # What config.json records besides the flags; neither is replayed nor compared on --resume.
 RECORDED = ("versions", "git_commit")
+# What config.json records of the model beyond the flags: `num_steps`, the steps a model with
+# `--readout flatten` reads (the task's T); replayed runs work it out from the task again.
+DERIVED = ("num_steps",)
 # Keys of config.json that `--config` skips: those, and the file a run was itself replayed from.
-NOT_REPLAYED = ("config", *RECORDED)
+NOT_REPLAYED = ("config", *RECORDED, *DERIVED)
 
 
 class _Refused(Exception):

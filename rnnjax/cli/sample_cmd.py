@@ -29,9 +29,9 @@ def sample_text(out: str | pathlib.Path, *, length: int, prompt: str, temperatur
     raise UsageError(f"--out {out} holds no run (no config.json); train one with --task text "
                      "first.")
   config = _read_json(out, "config.json", dict)
-  if config.get("task") != "text":
+  if config.get("task") not in ("text", "shakespeare"):
     raise UsageError(f"--out {out} holds a {config.get('task')!r} run; sampling needs a run of "
-                     "--task text.")
+                     "--task text or shakespeare.")
   vocab = _read_json(out, "vocab.json", list)
   if not vocab or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
     raise UsageError(f"--out {out}: vocab.json is not a list of characters; the run is damaged")

@@ -49,13 +49,16 @@ def summary(task: Any, config: dict[str, Any], *, status: str, best: dict, final
     engine: the engine the training step ran.
     params: the trained params (counted).
   """
+  value, baseline = best["test"][task.metric], task.baselines["test"]
+  maximize = bool(getattr(task, "maximize", False))
   return {
       "task": task.name, "cell": config["cell"], "status": status,
-      "metric": task.metric, "units": task.units,
+      "metric": task.metric, "units": task.units, "maximize": maximize,
       "best": dict(best), "final": dict(final),
       "baselines": {split: float(task.baselines[split]) for split in SPLITS},
       "baseline_name": task.baseline_name,
-      "beats_baseline": bool(best["test"][task.metric] < task.baselines["test"]),
+      "beats_baseline": bool(value > baseline if maximize else value < baseline),
+      "published": published(task),
       "steps": final["step"], "wall_s": round(wall_s, 2), "engine": engine,
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
       "jax": jax.__version__, "backend": jax.default_backend(),
@@ -63,11 +66,33 @@ def summary(task: Any, config: dict[str, Any], *, status: str, best: dict, final
   }
 
 
+def published(task: Any) -> list[dict[str, Any]]:
+  """The published results of `task.info["published"]`, each as `{"model", "value", "source"}`
+  (and whatever else the task records of it); entries without a value are left out.
+
+  A task names the model `"model"` or `"method"`, and gives its value of `task.metric`
+  as `"value"` or under the metric's name (`"accuracy"`).
+
+  Args:
+    task: the task.
+  """
+  rows = []
+  for entry in (getattr(task, "info", None) or {}).get("published") or ():
+    value = entry.get("value", entry.get(task.metric))
+    if value is None:
+      continue
+    rows.append({**entry, "model": str(entry.get("model", entry.get("method", "?"))),
+                 "value": float(value), "source": str(entry.get("source", ""))})
+  return rows
+
+
 def result_lines(summary: Mapping[str, Any]) -> list[str]:
   """The last lines `rnnjax train` prints: the final state's metrics, then the reported one's.
 
   The last line names the step picked by the validation metric, its test metric
-  and the baseline's, with units, and whether it beats the baseline.
+  and the baseline's, with units, and whether it beats the baseline. A task with
+  published results gets a line of them before it (short tags; sources in
+  summary.json).
 
   Args:
     summary: from `summary`.
@@ -77,9 +102,13 @@ def result_lines(summary: Mapping[str, Any]) -> list[str]:
   baseline = summary["baselines"]["test"]
   verdict = "beats" if summary["beats_baseline"] else "does NOT beat"
   stopped = "; stopped early" if summary["status"] == "early_stopped" else ""
+  refs = [f"{r['model']} {r['value']:.4g}{unit}" + (f" [{r['tag']}]" if r.get("tag") else "")
+          for r in summary.get("published") or ()]
   return [
       f"final step {final['step']}: val {metric} {final['val'][metric]:.4g}{unit}, "
       f"test {metric} {final['test'][metric]:.4g}{unit}{stopped}",
+      *([f"published test {metric} (sources in summary.json): {', '.join(refs)}"] if refs
+        else []),
       f"test {metric} {best['test'][metric]:.4g}{unit} at step {best['step']} (picked by val "
       f"{metric} {best['val'][metric]:.4g}{unit})  vs  {summary['baseline_name']} baseline "
       f"{baseline:.4g}{unit}  ({verdict} the baseline; {summary['wall_s']:.0f} s)",

@@ -20,7 +20,7 @@ import rnnjax
 from rnnjax._src.checkpoint import CheckpointError
 from rnnjax._src.files import write_json_atomic
 from rnnjax.cli import summary as summary_lib
-from rnnjax.cli.args import TASK_DEFAULTS
+from rnnjax.cli.args import task_defaults
 from rnnjax.cli.errors import UsageError
 from rnnjax.cli.factories import (
     _check_fits_in_memory,
@@ -34,12 +34,14 @@ from rnnjax.cli.factories import (
 )
 from rnnjax.cli.outdir import RUN_ONLY, _holds_checkpoint, _prepare_out
 from rnnjax.cli.replay import provenance
+from rnnjax.runs import model_readout
 
 
 def train(config: dict[str, Any]) -> int:
   """`rnnjax train` on a resolved config (from `resolve_config`); returns the exit code."""
   config = {**config, **provenance()}  # config.json records the software too.
   task = _task_for_flags(config)  # Validates the data and sizes before any compute.
+  config = _with_readout(config, task)
   model = make_model(config, task)
   _check_fits_in_memory(config, model)
   _check_writers(config)
@@ -67,12 +69,14 @@ def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathl
   predict = make_predict(model)
 
   def evaluate(params, split):
-    return task.evaluate(lambda xs: predict(params, xs), split)
+    return task.evaluate(lambda xs, lengths=None: predict(params, xs, lengths), split)
 
   engine = engine_used(config, jax.eval_shape(batch_fn, 0)["xs"].shape[0])
   init = "" if config.get("init", "default") == "default" else f", {config['init']} init"
   if config.get("dtype", "float32") != "float32":
     init += f", {config['dtype']} compute"
+  if config.get("readout"):
+    init += f", read out at {_READ_AT[config['readout']]}"
   print(f"rnnjax train: {config['cell']} x{config['layers']} (hidden {config['hidden']}{init}) on "
         f"{task.name}, {config['steps']} steps, batch {config['batch_size']}, "
         f"{config['optimizer']}, {engine} engine on {jax.default_backend()} -> {out}",
@@ -86,6 +90,7 @@ def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathl
         state, step_fn, batch_fn, num_steps=config["steps"],
         steps_per_call=config["steps_per_call"], eval_fn=lambda p: evaluate(p, "val")[0],
         eval_every=config["eval_every"], best_metric=task.metric,
+        best_mode="max" if getattr(task, "maximize", False) else "min",
         patience=config["patience"], out_dir=out, checkpoint_every=config["checkpoint_every"],
         keep=config["keep"], resume=resume, writers=writers, hparams=_hparams(config),
         progress=False if config["quiet"] else rnnjax.ProgressBar(
@@ -110,6 +115,31 @@ def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathl
   for line in summary_lib.result_lines(summary):
     print(line, flush=True)
   return 0
+
+
+# How the start line names each readout of a classification task.
+_READ_AT = {"last": "the last valid step", "mean": "the mean over valid steps",
+            "flatten": "all steps, flattened"}
+
+
+def _with_readout(config: dict[str, Any], task) -> dict[str, Any]:
+  """The config with the model's readout: the task's or `--readout` for a classification
+  task (and `num_steps` for "flatten"), so that config.json rebuilds the model; a per-step
+  task keeps `readout` None (as in configs from before readouts)."""
+  flag = config.get("readout")
+  if getattr(task, "readout", "steps") == "steps":
+    if flag is not None:
+      raise UsageError(f"--readout is only used with classification tasks (uea:NAME); --task "
+                       f"{config['task']} predicts every step, so drop --readout {flag}")
+    return config
+  if config.get("diagnostics"):
+    raise UsageError(f"--diagnostics measures the gradients of per-step losses, but --task "
+                     f"{config['task']} predicts one label per sequence; drop --diagnostics")
+  readout, num_steps = model_readout({**config, "readout": flag or task.readout}, task)
+  config = {**config, "readout": readout}
+  if num_steps is not None:
+    config["num_steps"] = num_steps
+  return config
 
 
 def _check_writers(config: dict[str, Any]) -> None:
@@ -174,7 +204,7 @@ def _checkpoint_problem(err: CheckpointError, out: pathlib.Path) -> str:
 
 def _divergence_advice(config: dict[str, Any], out: pathlib.Path) -> str:
   """The command lines that go on after a divergence, with a lower learning rate."""
-  default = TASK_DEFAULTS[config["task"]]["lr"]
+  default = task_defaults(config["task"])["lr"]
   lr = f"{default if config['lr'] > default else config['lr'] / 10:.3g}"
   advice = (f"to start again with a lower learning rate, run the same command with --lr {lr} "
             f"(in the same --out, this run's files are first moved to {out}/previous-N)")
@@ -227,15 +257,21 @@ def _outputs(out: pathlib.Path, task, config: dict[str, Any], model: rnnjax.Sequ
     plots.forecast_plot(out / "forecast.png", details, label=config["cell"],
                         baseline_name=task.baseline_name, units=task.units,
                         title=f"{title}: step {step}, picked by validation")
-  if task.vocab_size is not None and task.name == "text":
+  if task.vocab_size is not None and task.name in TEXT_TASKS:
     (out / "samples.txt").write_text(_sample(task, model, best.params) + "\n")
 
 
+# The character tasks, whose runs write samples.txt (and `rnnjax sample` continues), with the
+# prompt of their samples.
+TEXT_TASKS = {"text": "def ", "shakespeare": "ROMEO:\n"}
+
+
 def _sample(task, model: rnnjax.SequenceModel, params: Any, length: int = 300) -> str:
-  """`length` characters sampled (temperature 0.8, seed 0) after the prompt "def " (if it
-  is in the vocabulary, else the vocabulary's first character)."""
+  """`length` characters sampled (temperature 0.8, seed 0) after the task's prompt (if it is
+  in the vocabulary, else the vocabulary's first character)."""
   vocab = list(task.info["vocab"])
-  prompt = "def " if all(c in vocab for c in "def ") else vocab[0]
+  prompt = TEXT_TASKS.get(task.name, "def ")
+  prompt = prompt if all(c in vocab for c in prompt) else vocab[0]
   ids = np.asarray([vocab.index(c) for c in prompt], np.int32)
   tokens = rnnjax.generate(model, params, ids, length, key=jax.random.PRNGKey(0),
                            temperature=0.8)

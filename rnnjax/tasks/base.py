@@ -12,6 +12,14 @@ Batches are dicts of arrays, time first:
   "xs":   [T, B, I] float32 features, or [T, B] int32 tokens when `vocab_size` is set
   "ys":   [T, B, O] float32 regression targets, or [T, B] int32 class targets
   "mask": [T, B] float32 weights of each step in the loss (0 for steps not scored)
+
+A classification task (`readout` other than "steps") has one label per sequence:
+
+  "xs":      [T, B, I] float32 features, zeros past each length (T fixed per task)
+  "lengths": [B] int32 valid steps of each sequence
+  "ys":      [B] int32 class ids
+
+and its `evaluate` calls `predict(xs, lengths)`, which returns logits `[B, C]`.
 """
 
 from __future__ import annotations
@@ -39,13 +47,15 @@ class Task(NamedTuple):
     vocab_size: number of token ids for token inputs/targets, else None.
     train_batch: `train_batch(key, batch_size) -> Batch`, a pure function of `key` that
       reads the training data only.
-    loss: `loss(preds [T, B, O], batch) -> scalar`, the training loss (masked mean).
+    loss: `loss(preds [T, B, O], batch) -> scalar`, the training loss (masked mean);
+      `loss(logits [B, C], batch)` for a classification task.
     evaluate: `evaluate(predict, split) -> (metrics, details)` with `split` "val" or
       "test" (positional or keyword; anything else is a ValueError): the metrics on that
       split (a dict of floats holding at least `metric`, keys without a split prefix)
-      and arrays for plots (e.g. "truth", "forecast").
+      and arrays for plots (e.g. "truth", "forecast"). `predict(xs)` returns the model's
+      outputs on `xs`; a classification task calls `predict(xs, lengths)`.
     metric: the name of the headline metric in `evaluate`'s dict, e.g. "rmse"; lower is
-      better.
+      better unless `maximize`.
     baselines: `{"val": ..., "test": ...}`, the headline metric of the baseline on each
       split.
     baseline_name: what the baseline is (e.g. "seasonal naive").
@@ -53,7 +63,14 @@ class Task(NamedTuple):
       has none).
     loss_units: the unit of the training loss (e.g. "squared normalised units", "nats").
     info: anything else worth recording in the run summary (split sizes and ranges,
-      source, vocab).
+      source, vocab). Two keys are read by `rnnjax train`: `"defaults"` (the defaults of
+      its flags for this task: hidden, steps, batch_size, lr, eval_every) and
+      `"published"` (reference results to print beside the metric: a list of dicts with
+      the model's name, `"model"` or `"method"`, its value of `metric`, `"value"` or
+      under the metric's name, and `"source"`).
+    readout: the `sequence_model` readout the task's model needs: "steps" (one
+      prediction per step) or, for a classification task, "last", "mean" or "flatten".
+    maximize: True if `metric` is higher-is-better (accuracy).
   """
 
   name: str
@@ -69,6 +86,8 @@ class Task(NamedTuple):
   units: str
   loss_units: str
   info: dict[str, Any]
+  readout: str = "steps"
+  maximize: bool = False
 
   @property
   def baseline(self) -> float:
@@ -87,3 +106,21 @@ def masked_cross_entropy(logits: jax.Array, batch: Batch) -> jax.Array:
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, batch["ys"][..., None], axis=-1)[..., 0]
   return jnp.sum(nll * batch["mask"]) / jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+
+
+def classification_cross_entropy(logits: jax.Array, batch: Batch) -> jax.Array:
+  """Mean cross-entropy in nats of one label per sequence: `logits [B, C]`, `batch["ys"] [B]`.
+
+  Args:
+    logits: `[B, C]` unnormalised class scores (`sequence_model(..., readout="last")`).
+    batch: holds `ys: [B]` integer class ids in `[0, C)`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from rnnjax.tasks import classification_cross_entropy
+    >>> logits = jnp.log(jnp.array([[0.5, 0.5], [0.25, 0.75]]))
+    >>> round(float(classification_cross_entropy(logits, {"ys": jnp.array([0, 1])})), 4)
+    0.4904
+  """
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, batch["ys"][..., None], axis=-1)[..., 0])
