@@ -548,8 +548,8 @@ def test_text_errors(tmp_path):
 # ---- registry and argument checks ----
 
 def test_registry():
-  assert sorted(tasks.TASKS) == ["adding", "co2", "copy", "sunspots", "text"]
-  with pytest.raises(ValueError, match=r"'nope'.*adding, co2, copy, sunspots, text"):
+  assert sorted(tasks.TASKS) == ["adding", "co2", "copy", "shakespeare", "sunspots", "text"]
+  with pytest.raises(ValueError, match=r"'nope'.*adding, co2, copy, shakespeare, sunspots, text"):
     tasks.get_task("nope")
   assert tasks.get_task("co2", window=24).info["window"] == 24
 
