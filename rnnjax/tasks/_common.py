@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -61,6 +61,20 @@ def random_windows(key: jax.Array, data: jax.Array, batch_size: int, length: int
   starts = jax.random.randint(key, (batch_size,), 0, data.shape[0] - length + 1)
   idx = starts[None, :] + jnp.arange(length, dtype=starts.dtype)[:, None]
   return data[idx]
+
+
+def next_char_batches(fn: str, train_ids: jax.Array, window: int) -> Callable:
+  """`train_batch(key, batch_size)` of a character task: random windows of `train_ids`.
+
+  Each batch holds `batch_size` windows of `window + 1` consecutive ids: `xs` the first
+  `window` (`[T, B]`), `ys` the next id at each step, every step scored (`mask` ones).
+  """
+  def train_batch(key: jax.Array, batch_size: int) -> dict[str, jax.Array]:
+    batch_size = int_at_least(fn, "batch_size", batch_size)
+    seg = random_windows(key, train_ids, batch_size, window + 1)  # [T + 1, B]
+    return {"xs": seg[:-1], "ys": seg[1:], "mask": jnp.ones((window, batch_size), jnp.float32)}
+
+  return train_batch
 
 
 def predictions(fn: str, preds: Any, shape: Sequence[int]) -> np.ndarray:

@@ -220,10 +220,7 @@ def text_task(path: str | os.PathLike | None = None, *, window: int = 128,
           for split in base.SPLITS}
   train_ids = jnp.asarray(ids[:n_train])
 
-  def train_batch(key: jax.Array, batch_size: int) -> base.Batch:
-    batch_size = _common.int_at_least(f"{_FN}.train_batch", "batch_size", batch_size)
-    seg = _common.random_windows(key, train_ids, batch_size, window + 1)  # [T + 1, B]
-    return {"xs": seg[:-1], "ys": seg[1:], "mask": jnp.ones((window, batch_size), jnp.float32)}
+  train_batch = _common.next_char_batches(f"{_FN}.train_batch", train_ids, window)
 
   def evaluate(predict: base.Predict, split: str):
     return _score(predict, sets[_common.split(f"{_FN}.evaluate", split)], vocab)
