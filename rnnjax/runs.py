@@ -99,8 +99,9 @@ def model_core(config: dict[str, Any]) -> rnnjax.Cell:
                      f"`init` ({', '.join(INIT_CELLS)}), got cell={config['cell']!r}; use "
                      "init='default'.")
   kwargs = {} if init == "default" else {"init": init}
-  if compute_dtype(config) != "float32":
-    kwargs["dtype"] = compute_dtype(config)
+  dtype = compute_dtype(config)
+  if dtype != "float32":
+    kwargs["dtype"] = dtype
   cells = [CELLS[config["cell"]](config["hidden"], **kwargs) for _ in range(config["layers"])]
   return cells[0] if len(cells) == 1 else rnnjax.stack(cells, dropout=config["dropout"])
 

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax._src import precision
+
 Params = Any
 Carry = Any
 InitFn = Callable[[jax.Array, int], Params]
@@ -250,8 +252,7 @@ def draw(init: Initializer, key: jax.Array, shape: tuple[int, ...], dtype: Any) 
   Low-precision dtypes (bfloat16) are cast after drawing: some initializers
   (orthogonal, via QR) have no bfloat16 kernel on CPU.
   """
-  wide = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
-  return init(key, shape, wide).astype(dtype)
+  return init(key, shape, precision.at_least_float32(dtype)).astype(dtype)
 
 
 def gated_biases(gates: int, hidden_size: int, dtype: Any, *,

@@ -43,11 +43,6 @@ class Precision(NamedTuple):
     """The dtype of accumulation and of the gate arithmetic: `compute`, at least float32."""
     return at_least_float32(self.compute)
 
-  @property
-  def mixed(self) -> bool:
-    """True unless all three dtypes are one (then no cast happens anywhere)."""
-    return not self.param == self.compute == self.accum
-
   def input(self, fn: str, name: str, x: jax.Array) -> jax.Array:
     """`x` cast to `compute`; a TypeError naming `fn` and `name` if it is not floating."""
     dtype = getattr(x, "dtype", None)
