@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ import pytest
 import rnnjax
 from rnnjax._src import cell as cell_lib
 from rnnjax._src.cells import common
-from tests import reference
+from tests import reference, test_parallel
 
 B, T, I, H = 3, 6, 2, 4
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -146,30 +145,9 @@ def test_unroll_two_batch_axes_and_truncated_unroll(rng):
 
 # ---- parallel_unroll (a linear cell) ----
 
-class _DiagParams(NamedTuple):
-  w_a: jax.Array  # [I, H]
-  w_b: jax.Array  # [I, H]
-
-
 def _diagonal_cell() -> cell_lib.Cell:
-  """A linear cell `h_t = σ(x W_a) h_{t-1} + x W_b`, written on the public contract."""
-  def init(key, input_size):
-    k1, k2 = jax.random.split(key)
-    return _DiagParams(jax.random.normal(k1, (input_size, H)),
-                       jax.random.normal(k2, (input_size, H)))
-
-  def initial_carry(params, batch_shape=()):
-    return common.HiddenState(jnp.zeros((*batch_shape, H), params.w_a.dtype))
-
-  def apply(params, carry, x, *, key=None):
-    h = jax.nn.sigmoid(x @ params.w_a) * carry.h + x @ params.w_b
-    return common.HiddenState(h), h
-
-  def coefficients(params, xs):
-    return jax.nn.sigmoid(xs @ params.w_a), xs @ params.w_b
-
-  cell = cell_lib.Cell(init, initial_carry, apply, input_size=lambda p: p.w_a.shape[0])
-  return rnnjax.with_recurrence(cell, rnnjax.LinearRecurrence(coefficients))
+  """test_parallel's user-written linear cell `h_t = σ(x W_a) h_{t-1} + x W_b`, H wide."""
+  return test_parallel.diagonal_cell(H)
 
 
 def _diagonal_step(params, state, x):

@@ -36,15 +36,15 @@ class _DiagParams(NamedTuple):
   w_b: jax.Array
 
 
-def diagonal_cell() -> cell_lib.Cell:
+def diagonal_cell(hidden: int = H) -> cell_lib.Cell:
   """A user-written linear cell: `h_t = σ(x W_a) h_{t-1} + x W_b`, built on the public contract."""
   def init(key, input_size):
     k1, k2 = jax.random.split(key)
-    return _DiagParams(jax.random.normal(k1, (input_size, H)),
-                       jax.random.normal(k2, (input_size, H)))
+    return _DiagParams(jax.random.normal(k1, (input_size, hidden)),
+                       jax.random.normal(k2, (input_size, hidden)))
 
   def initial_carry(params, batch_shape=()):
-    return common.HiddenState(jnp.zeros((*batch_shape, H), params.w_a.dtype))
+    return common.HiddenState(jnp.zeros((*batch_shape, hidden), params.w_a.dtype))
 
   def apply(params, carry, x, *, key=None):
     h = jax.nn.sigmoid(x @ params.w_a) * carry.h + x @ params.w_b
