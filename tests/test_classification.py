@@ -62,7 +62,7 @@ def toy_task() -> tasks.Task:
       baseline_name="majority class", units="", loss_units="nats",
       info={"defaults": dict(hidden=16, steps=60, batch_size=32, lr=3e-2, eval_every=20),
             "published": [{"model": "a hand-made reference", "value": 0.75, "source": "here"}]},
-      readout="last", maximize=True)
+      readout="last", maximize=True, tiebreak="cross_entropy")
 
 
 def test_classification_cross_entropy_is_the_mean_negative_log_likelihood():
@@ -73,7 +73,7 @@ def test_classification_cross_entropy_is_the_mean_negative_log_likelihood():
   got = tasks.classification_cross_entropy(jnp.asarray(logits, jnp.float32),
                                            {"ys": jnp.asarray(ys, jnp.int32)})
   np.testing.assert_allclose(float(got), want, rtol=1e-6)
-  assert tasks.Task._field_defaults == {"readout": "steps", "maximize": False}
+  assert tasks.Task._field_defaults == {"readout": "steps", "maximize": False, "tiebreak": None}
 
 
 def test_the_recipe_passes_lengths_and_fit_keeps_the_highest_accuracy(tmp_path):
@@ -129,9 +129,12 @@ def test_rnnjax_train_on_a_classification_task(toy_cli, tmp_path, capsys):
   assert config["readout"] == "mean" and "num_steps" not in config
   summary = json.loads((out / "summary.json").read_text())
   records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-  evals = [(r["val/accuracy"], -r["step"]) for r in records if "val/accuracy" in r]
-  assert len(evals) == 3 and summary["best"]["step"] == -max(evals)[1]  # the first best
+  # The first best by accuracy, ties broken by the lower cross-entropy.
+  evals = [(r["val/accuracy"], -r["val/cross_entropy"], -r["step"]) for r in records
+           if "val/accuracy" in r]
+  assert len(evals) == 3 and summary["best"]["step"] == -max(evals)[2]
   assert summary["maximize"] is True and summary["metric"] == "accuracy"
+  assert summary["tiebreak"] == "cross_entropy"
   value = summary["best"]["test"]["accuracy"]
   assert summary["beats_baseline"] is (value > summary["baselines"]["test"])
   assert summary["published"][0]["model"] == "a hand-made reference"
@@ -141,6 +144,8 @@ def test_rnnjax_train_on_a_classification_task(toy_cli, tmp_path, capsys):
                        "reference 0.75")
   assert lines[-1].startswith(f"test accuracy {value:.4g} at step {summary['best']['step']} ")
   assert "vs  majority class baseline" in lines[-1]
+  ce = summary["best"]["val"]["cross_entropy"]
+  assert f", ties broken by val cross_entropy {ce:.4g})" in lines[-1]
   # load_run rebuilds the same model from config.json; its predict takes the lengths.
   run = rnnjax.load_run(out)
   predict = runs.make_predict(run.model)

@@ -28,11 +28,13 @@ import pathlib
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+
+from rnnjax._src.ranking import Ranking
 
 _FN = "rnnjax.Checkpointer"
 _SHOWN = 3  # differences named in a mismatch message
@@ -71,7 +73,9 @@ class Checkpointer:
     best_metric: if given, `save` takes `metrics` (a dict of floats holding this key)
       and the `keep` checkpoints best by `metrics[best_metric]` are kept, whatever
       their steps (orbax's `best_fn`); `restore(like)` restores the best intact one.
-    best_mode: "min" (lower is better, the default) or "max", with `best_metric`.
+      A sequence of keys ranks by the first, breaking ties by the next, and so on.
+    best_mode: "min" (lower is better, the default) or "max", with `best_metric`;
+      one per key for a sequence of keys.
 
   Examples:
     >>> import tempfile, jax.numpy as jnp, rnnjax
@@ -84,17 +88,19 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
-               best_metric: str | None = None, best_mode: str = "min"):
+               best_metric: str | Sequence[str] | None = None,
+               best_mode: str | Sequence[str] = "min"):
     if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)):
       raise TypeError(f"{_FN}: `keep` must be an int, got {keep!r} of type {type(keep).__name__}.")
     if keep < 1:
       raise ValueError(f"{_FN}: `keep` must be >= 1, got keep={keep}.")
-    if best_mode not in ("min", "max"):
+    self.ranking = None if best_metric is None else Ranking(_FN, best_metric, best_mode)
+    if best_metric is None and best_mode not in ("min", "max"):
       raise ValueError(f"{_FN}: `best_mode` must be 'min' or 'max', got {best_mode!r}.")
     self.directory = pathlib.Path(directory).absolute()
-    self.best_metric, self.best_mode = best_metric, best_mode
-    best = ({} if best_metric is None else
-            {"best_fn": lambda metrics: metrics[best_metric], "best_mode": best_mode})
+    # orbax sorts by `best_fn`'s value: a tuple ranks lexicographically.
+    best = ({} if self.ranking is None else
+            {"best_fn": self.ranking.key, "best_mode": "min"})
     ocp = _orbax()
     try:
       if self.directory.exists() and not self.directory.is_dir():
@@ -119,9 +125,10 @@ class Checkpointer:
     Returns once the checkpoint is on disk. With `best_metric`, `metrics` (floats)
     must hold it; the checkpoint then stays only while among the `keep` best.
     """
-    if self.best_metric is not None and self.best_metric not in (metrics or {}):
+    missing = [] if self.ranking is None else self.ranking.missing(metrics or {})
+    if missing:
       raise ValueError(f"{_FN}: save(..., metrics=...) must hold best_metric="
-                       f"{self.best_metric!r}; got metrics={metrics!r}.")
+                       f"{', '.join(map(repr, missing))}; got metrics={metrics!r}.")
     ocp = _orbax()
     items = {"state": ocp.args.StandardSave(tree),
              "meta": ocp.args.JsonSave(meta if meta is not None else {})}
@@ -209,14 +216,12 @@ class Checkpointer:
 
   def _best_first(self, steps: list[int]) -> list[int]:
     """`steps` newest first; with `best_metric`, best first (those without metrics last)."""
-    if self.best_metric is None:
+    if self.ranking is None:
       return steps[::-1]
-    sign = 1.0 if self.best_mode == "min" else -1.0
 
-    def rank(step: int) -> tuple[float, int]:
+    def rank(step: int) -> tuple[tuple[float, ...], int]:
       metrics, _ = _quietly(lambda: self._manager.metrics(step))
-      value = (metrics or {}).get(self.best_metric)
-      return (np.inf if value is None or not np.isfinite(value) else sign * value, -step)
+      return self.ranking.key(metrics or {}), -step
     return sorted(steps, key=rank)
 
   def _load(self, step: int, like: Any) -> tuple[Any, dict]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rnnjax._src.checkpoint import Checkpointer
+from rnnjax._src.ranking import Ranking
 
 
 class Records:
@@ -136,11 +137,11 @@ def refuse_an_earlier_run(fn: str, out: pathlib.Path) -> None:
         "another (or an empty) `out_dir`.")
 
 
-def open_out_dir(fn: str, out: pathlib.Path | None, keep: int, best_metric: str | None,
-                 best_mode: str) -> tuple[Checkpointer | None, Checkpointer | None]:
+def open_out_dir(fn: str, out: pathlib.Path | None, keep: int, best: Ranking | None
+                 ) -> tuple[Checkpointer | None, Checkpointer | None]:
   """Makes `out` if need be: `(the newest checkpoints, the best one)`, None where not kept.
 
-  The best checkpoint is kept in `out/best` given a `best_metric` (of `val/` metrics).
+  The best checkpoint is kept in `out/best` given a ranking (of `val/` metrics).
   """
   if out is None:
     return None, None
@@ -149,6 +150,6 @@ def open_out_dir(fn: str, out: pathlib.Path | None, keep: int, best_metric: str 
   except OSError as err:
     raise ValueError(f"{fn}: cannot make `out_dir` {out}: {err.strerror or err}. "
                      "Pass another `out_dir`.") from err
-  best = (None if best_metric is None else
-          Checkpointer(out / "best", keep=1, best_metric=best_metric, best_mode=best_mode))
-  return Checkpointer(out / "checkpoint", keep=keep), best
+  best_ckpt = (None if best is None else
+               Checkpointer(out / "best", keep=1, best_metric=best.names, best_mode=best.modes))
+  return Checkpointer(out / "checkpoint", keep=keep), best_ckpt

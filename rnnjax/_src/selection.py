@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from rnnjax._src import checks
+from rnnjax._src import checks, ranking
 from rnnjax._src.checkpoint import Checkpointer, CheckpointError
 
 
@@ -26,29 +24,33 @@ class Selection:
   Args:
     fn: the calling function's name, for messages.
     eval_fn: `eval_fn(params) -> dict of floats` on the validation data, or None.
-    best_metric: the key of `eval_fn`'s dict to select by (with or without `val/`).
-    best_mode: "min" or "max".
+    best_metric: the key of `eval_fn`'s dict to select by (with or without `val/`), or
+      a sequence of keys (the next breaks the ties of the one before: `ranking.Ranking`).
+    best_mode: "min" or "max" (one per key for a sequence).
     patience: evaluations without improvement before the run stops, or None.
   """
 
-  def __init__(self, fn: str, eval_fn: Callable[[Any], dict] | None, best_metric: str | None,
-               best_mode: str, patience: int | None):
+  def __init__(self, fn: str, eval_fn: Callable[[Any], dict] | None,
+               best_metric: str | Sequence[str] | None, best_mode: str | Sequence[str],
+               patience: int | None):
     if eval_fn is not None:
       checks.function(fn, "eval_fn", eval_fn)
-    if best_mode not in ("min", "max"):
+    if best_metric is None and best_mode not in ("min", "max"):
       raise ValueError(f"{fn}: `best_mode` must be 'min' or 'max', got {best_mode!r}.")
-    if best_metric is not None and (eval_fn is None or not isinstance(best_metric, str)):
+    if best_metric is not None and eval_fn is None:
       raise ValueError(
-          f"{fn}: `best_metric` ({best_metric!r}) must name a metric of `eval_fn`'s dict (a "
-          f"str), but " + ("no eval_fn was given. Pass eval_fn=... (the validation "
-                           "evaluation) too." if eval_fn is None else "it is not a str."))
+          f"{fn}: `best_metric` ({best_metric!r}) must name a metric of `eval_fn`'s dict (or "
+          "several, as a sequence), but no eval_fn was given. Pass eval_fn=... (the validation "
+          "evaluation) too.")
+    self.ranking = (None if best_metric is None else
+                    ranking.Ranking(fn, best_metric, best_mode, prefix="val/"))
     if patience is not None:
       patience = checks.positive_int(fn, "patience", patience)
       if best_metric is None:
         raise ValueError(f"{fn}: `patience` ({patience}) counts evaluations without improvement "
                          "of `best_metric`; pass best_metric=... (and an eval_fn) too.")
-    self.fn, self.eval_fn, self.mode, self.patience = fn, eval_fn, best_mode, patience
-    self.metric = None if best_metric is None else "val/" + best_metric.removeprefix("val/")
+    self.fn, self.eval_fn, self.patience = fn, eval_fn, patience
+    self.metric = None if self.ranking is None else self.ranking.first  # the deciding one
     self.best: dict | None = None  # {"step": ..., "val/...": ...} of the best evaluation
     self.since_best = 0  # evaluations since the best
     self.evals: list[dict] = []
@@ -61,12 +63,13 @@ class Selection:
     self.evals.append({"step": step, **scalars})
     if self.metric is None:
       return scalars
-    if self.metric not in scalars:
+    missing = self.ranking.missing(scalars)
+    if missing:
       raise ValueError(
-          f"{self.fn}: best_metric={self.metric.removeprefix('val/')!r} is not a metric of "
+          f"{self.fn}: best_metric={missing[0].removeprefix('val/')!r} is not a metric of "
           f"eval_fn, which returned {sorted(k.removeprefix('val/') for k in scalars)}. Pass "
           "one of those as best_metric.")
-    if self._better(scalars[self.metric]):
+    if self.ranking.better(scalars, self.best):
       self.best, self.since_best = {"step": step, **scalars}, 0
       # A resumed run reaching a best step its predecessor saved already saves it again,
       # identically: the step is kept as it is.
@@ -75,14 +78,6 @@ class Selection:
     else:
       self.since_best += 1
     return scalars
-
-  def _better(self, value: float) -> bool:
-    if not np.isfinite(value):
-      return False
-    if self.best is None:
-      return True
-    best = self.best[self.metric]
-    return value < best if self.mode == "min" else value > best
 
   @property
   def exhausted(self) -> bool:
@@ -93,7 +88,8 @@ class Selection:
     best = self.best
     since = (f"its best, {best[self.metric]:.5g}, at step {best['step']}" if best else
              "the start (no finite value yet)")
-    return (f"stopped early at step {step}: {self.metric} has not improved for "
+    ranked = ", ties broken by ".join(self.ranking.names)
+    return (f"stopped early at step {step}: {ranked} has not improved for "
             f"{self.since_best} evaluations since {since}")
 
   def best_step(self) -> int | None:

@@ -138,7 +138,8 @@ class FitResult(NamedTuple):
 def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
         num_steps: int, steps_per_call: int = 1,
         eval_fn: Callable[[Any], dict[str, float]] | None = None, eval_every: int = 0,
-        best_metric: str | None = None, best_mode: str = "min", patience: int | None = None,
+        best_metric: str | Sequence[str] | None = None, best_mode: str | Sequence[str] = "min",
+        patience: int | None = None,
         out_dir: str | pathlib.Path | None = None, checkpoint_every: int = 0, keep: int = 3,
         resume: bool = False, log_every: int = 50, writers: Sequence[Any] = (),
         hparams: Mapping[str, Any] | None = None,
@@ -202,8 +203,10 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
       evaluation by; its step and metrics are returned, and with an `out_dir` its
       state is kept as the checkpoint of `out_dir/best` (read it back with
       `rnnjax.restore_best`), beside the newest ones. Non-finite values never count
-      as the best.
-    best_mode: "min" (lower is better) or "max".
+      as the best. A sequence of keys ranks lexicographically: each later key breaks
+      the ties of those before, e.g. `("accuracy", "cross_entropy")` on a small
+      validation split, where accuracies tie often.
+    best_mode: "min" (lower is better) or "max"; one per key for a sequence of keys.
     patience: stop (status "early_stopped") after this many evaluations in a row
       without a strict improvement of `best_metric`; None never stops early.
     out_dir: if given, `metrics.jsonl` is appended there and checkpoints go to
@@ -294,7 +297,7 @@ def fit(state: TrainState, train_step: Callable, data: Callable[[int], Any], *,
   template = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       state)
-  ckpt, select.ckpt = runlog.open_out_dir(fn, out, keep, select.metric, best_mode)
+  ckpt, select.ckpt = runlog.open_out_dir(fn, out, keep, select.ranking)
   run = loop.Loop(fn, num_steps, steps_per_call, eval_every, checkpoint_every, train_step, data,
                   place, runlog.Records((), None, log_every), select, callbacks, ckpt)
   jsonl = None

@@ -54,6 +54,7 @@ def summary(task: Any, config: dict[str, Any], *, status: str, best: dict, final
   return {
       "task": task.name, "cell": config["cell"], "status": status,
       "metric": task.metric, "units": task.units, "maximize": maximize,
+      "tiebreak": getattr(task, "tiebreak", None),
       "best": dict(best), "final": dict(final),
       "baselines": {split: float(task.baselines[split]) for split in SPLITS},
       "baseline_name": task.baseline_name,
@@ -102,6 +103,8 @@ def result_lines(summary: Mapping[str, Any]) -> list[str]:
   baseline = summary["baselines"]["test"]
   verdict = "beats" if summary["beats_baseline"] else "does NOT beat"
   stopped = "; stopped early" if summary["status"] == "early_stopped" else ""
+  tie = summary.get("tiebreak")
+  tie = f", ties broken by val {tie} {best['val'][tie]:.4g}" if tie in best["val"] else ""
   refs = [f"{r['model']} {r['value']:.4g}{unit}" + (f" [{r['tag']}]" if r.get("tag") else "")
           for r in summary.get("published") or ()]
   return [
@@ -110,7 +113,7 @@ def result_lines(summary: Mapping[str, Any]) -> list[str]:
       *([f"published test {metric} (sources in summary.json): {', '.join(refs)}"] if refs
         else []),
       f"test {metric} {best['test'][metric]:.4g}{unit} at step {best['step']} (picked by val "
-      f"{metric} {best['val'][metric]:.4g}{unit})  vs  {summary['baseline_name']} baseline "
+      f"{metric} {best['val'][metric]:.4g}{unit}{tie})  vs  {summary['baseline_name']} baseline "
       f"{baseline:.4g}{unit}  ({verdict} the baseline; {summary['wall_s']:.0f} s)",
   ]
 

@@ -89,8 +89,7 @@ def _train(config: dict[str, Any], task, model: rnnjax.SequenceModel, out: pathl
     result = rnnjax.fit(
         state, step_fn, batch_fn, num_steps=config["steps"],
         steps_per_call=config["steps_per_call"], eval_fn=lambda p: evaluate(p, "val")[0],
-        eval_every=config["eval_every"], best_metric=task.metric,
-        best_mode="max" if getattr(task, "maximize", False) else "min",
+        eval_every=config["eval_every"], **_selection(task),
         patience=config["patience"], out_dir=out, checkpoint_every=config["checkpoint_every"],
         keep=config["keep"], resume=resume, writers=writers, hparams=_hparams(config),
         progress=False if config["quiet"] else rnnjax.ProgressBar(
@@ -234,6 +233,15 @@ class _Diagnostics:
     written = self.report.write(out, "diagnostics", self.reports, plots=plots)
     for name, path in zip(("JSON", "plot"), written, strict=False):
       print(f"diagnostics {name}: {path}", flush=True)
+
+
+def _selection(task: Any) -> dict[str, Any]:
+  """`fit`'s `best_metric` and `best_mode` for `task`: its metric, then its tie-break."""
+  mode = "max" if getattr(task, "maximize", False) else "min"
+  tiebreak = getattr(task, "tiebreak", None)
+  if tiebreak is None:
+    return {"best_metric": task.metric, "best_mode": mode}
+  return {"best_metric": (task.metric, tiebreak), "best_mode": (mode, "min")}
 
 
 def _outputs(out: pathlib.Path, task, config: dict[str, Any], model: rnnjax.SequenceModel,

@@ -71,6 +71,10 @@ class Task(NamedTuple):
     readout: the `sequence_model` readout the task's model needs: "steps" (one
       prediction per step) or, for a classification task, "last", "mean" or "flatten".
     maximize: True if `metric` is higher-is-better (accuracy).
+    tiebreak: another metric of `evaluate`'s dict, lower is better, that breaks ties
+      in `metric` when `rnnjax train` selects by validation (None: none). Accuracy on
+      a small validation split ties often; a classification task breaks its ties by
+      cross-entropy.
   """
 
   name: str
@@ -88,6 +92,7 @@ class Task(NamedTuple):
   info: dict[str, Any]
   readout: str = "steps"
   maximize: bool = False
+  tiebreak: str | None = None
 
   @property
   def baseline(self) -> float:

@@ -256,7 +256,7 @@ def uea_task(name: str, *, val_fraction: float = 0.2, seed: int = 0,
       loss=base.classification_cross_entropy, evaluate=evaluate, metric="accuracy",
       baselines={s: float(np.mean(splits[s][2] == majority)) for s in base.SPLITS},
       baseline_name="majority class", units="", loss_units="nats", info=info,
-      readout="last", maximize=True)
+      readout="last", maximize=True, tiebreak="cross_entropy")
 
 
 def _logits(fn: str, predict, xs: np.ndarray, lengths: np.ndarray, start: int, chunk: int,
