@@ -173,7 +173,15 @@ def _other_outputs():
   return model, model.init(jax.random.key(0))
 
 
+def _read_out_last():
+  model = rnnjax.sequence_model(LSTM, input_size=0, output_size=V, vocab_size=V, readout="last")
+  return model, model.init(jax.random.key(0))
+
+
 @pytest.mark.parametrize("change, error, match", [
+    (dict(model=_read_out_last), ValueError,
+     r"`model` must predict every step \(readout=\"steps\"\), but it reads out one prediction "
+     r"per sequence \(logits of shape \(3, 7\) for a prompt of shape \(4, 3\)\)"),
     (dict(model=_no_vocab), ValueError, r"`model` has no vocabulary.*vocab_size"),
     (dict(model=_other_outputs), ValueError, r"`model` reads out 8 logits.*output_size=7"),
     (dict(model=lambda: (LSTM, LSTM_PARAMS)), TypeError, r"`model` must be a SequenceModel"),

@@ -170,6 +170,12 @@ def _generate(model: model_lib.SequenceModel, params: Any, prompt: jax.Array, ca
     return (carry, token), token
 
   logits, carry = model.apply(params, prompt, carry)
+  if logits.ndim != prompt.ndim + 1:  # Known while tracing: the check costs no trace.
+    raise ValueError(
+        f"{_FN}: `model` must predict every step (readout=\"steps\"), but it reads out one "
+        f"prediction per sequence (logits of shape {tuple(logits.shape)} for a prompt of shape "
+        f"{tuple(prompt.shape)}); generation feeds each step's sample back. Build it with "
+        "rnnjax.sequence_model(..., readout=\"steps\").")
   first = pick(logits[-1], 0)
   _, rest = lax.scan(step, (carry, first), jnp.arange(1, num_steps, dtype=jnp.int32))
   return jnp.concatenate([first[None], rest], axis=0)
