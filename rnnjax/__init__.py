@@ -30,6 +30,11 @@ from rnnjax._src.cells.rglru import RGLRUParams as RGLRUParams
 from rnnjax._src.cells.rglru import rglru as rglru
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.checkpoint import CheckpointError as CheckpointError
+from rnnjax._src.engines import ENGINES as ENGINES
+from rnnjax._src.engines import EnginePlan as EnginePlan
+from rnnjax._src.engines import FastPaths as FastPaths
+from rnnjax._src.engines import auto_engine as auto_engine
+from rnnjax._src.engines import engine_plan as engine_plan
 from rnnjax._src.generate import generate as generate
 from rnnjax._src.layers import BidirectionalParams as BidirectionalParams
 from rnnjax._src.layers import BidirectionalState as BidirectionalState
@@ -47,7 +52,6 @@ from rnnjax._src.packing import pack as pack
 from rnnjax._src.packing import pad as pad
 from rnnjax._src.packing import unpack as unpack
 from rnnjax._src.packing import unpad as unpad
-from rnnjax._src.parallel import auto_engine as auto_engine
 from rnnjax._src.parallel import parallel_unroll as parallel_unroll
 from rnnjax._src.progress import ProgressBar as ProgressBar
 from rnnjax._src.selection import restore_best as restore_best
@@ -56,7 +60,7 @@ from rnnjax._src.train import TrainState as TrainState
 from rnnjax._src.train import fit as fit
 from rnnjax._src.train import make_train_step as make_train_step
 from rnnjax._src.train import train_state as train_state
-from rnnjax._src.unroll import truncated_unroll as truncated_unroll
+from rnnjax._src.truncated import truncated_unroll as truncated_unroll
 from rnnjax._src.unroll import unroll as unroll
 from rnnjax._src.writers import JsonlWriter as JsonlWriter
 from rnnjax._src.writers import TensorBoardWriter as TensorBoardWriter
@@ -64,59 +68,63 @@ from rnnjax._src.writers import TensorBoardWriter as TensorBoardWriter
 __version__ = "0.1.0"
 
 __all__ = (
-    "BidirectionalParams",
-    "BidirectionalState",
-    "Cell",
-    "CheckpointError",
-    "Checkpointer",
-    "ElmanParams",
-    "FitResult",
-    "GRUParams",
-    "HiddenState",
-    "JsonlWriter",
-    "LRUParams",
-    "LSTMParams",
-    "LSTMState",
-    "Layer",
-    "LinearRecurrence",
-    "MGUParams",
-    "MinGRUParams",
-    "MinLSTMParams",
-    "ProgressBar",
-    "RGLRUParams",
-    "Run",
-    "SequenceModel",
-    "SequenceModelParams",
-    "TensorBoardWriter",
-    "TrainState",
-    "auto_engine",
-    "bidirectional",
-    "elman",
-    "fit",
-    "generate",
-    "gru",
-    "is_linear",
-    "load_run",
-    "lru",
-    "lstm",
-    "make_train_step",
-    "mgu",
-    "mingru",
-    "minlstm",
-    "pack",
-    "pad",
-    "parallel_unroll",
-    "restore_best",
-    "rglru",
-    "rnn",
-    "sequence_model",
-    "stack",
-    "train_state",
-    "truncated_unroll",
-    "unpack",
-    "unpad",
-    "unroll",
-    "with_recurrence",
+  "ENGINES",
+  "BidirectionalParams",
+  "BidirectionalState",
+  "Cell",
+  "CheckpointError",
+  "Checkpointer",
+  "ElmanParams",
+  "EnginePlan",
+  "FastPaths",
+  "FitResult",
+  "GRUParams",
+  "HiddenState",
+  "JsonlWriter",
+  "LRUParams",
+  "LSTMParams",
+  "LSTMState",
+  "Layer",
+  "LinearRecurrence",
+  "MGUParams",
+  "MinGRUParams",
+  "MinLSTMParams",
+  "ProgressBar",
+  "RGLRUParams",
+  "Run",
+  "SequenceModel",
+  "SequenceModelParams",
+  "TensorBoardWriter",
+  "TrainState",
+  "auto_engine",
+  "bidirectional",
+  "elman",
+  "engine_plan",
+  "fit",
+  "generate",
+  "gru",
+  "is_linear",
+  "load_run",
+  "lru",
+  "lstm",
+  "make_train_step",
+  "mgu",
+  "mingru",
+  "minlstm",
+  "pack",
+  "pad",
+  "parallel_unroll",
+  "restore_best",
+  "rglru",
+  "rnn",
+  "sequence_model",
+  "stack",
+  "train_state",
+  "truncated_unroll",
+  "unpack",
+  "unpad",
+  "unroll",
+  "with_recurrence",
 )
 
 _LAZY_SUBMODULES = ("diagnostics", "interop", "runs", "tasks")

@@ -360,7 +360,7 @@ CASES = [
      VE, r"rnnjax\.sequence_model: `engine` must be one of"),
     ("model-parallel-lstm",
      lambda: rnnjax.sequence_model(LSTM, input_size=I, output_size=1, engine="parallel"),
-     TE, r"rnnjax\.sequence_model: engine='parallel' needs a linear core"),
+     TE, r"rnnjax\.sequence_model: `core` must be a linear cell .* for engine='parallel'"),
     ("model-float-ids", lambda: TOKENS.apply(P_TOKENS, jnp.zeros((T, B))),
      TE, r"rnnjax\.sequence_model\.apply: `xs` must hold integer token ids"),
     ("model-id-too-large", lambda: TOKENS.apply(P_TOKENS, IDS.at[1, 1].set(V)),

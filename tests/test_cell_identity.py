@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import rnnjax
-from rnnjax._src import fused, linear
+from rnnjax._src import engines, linear
 
 ZEROS = jax.nn.initializers.zeros
 
@@ -236,13 +236,13 @@ def test_user_written_cells_work_as_before():
   user = rnnjax.Cell(init, base.initial_carry, base.apply)
   assert repr(user).startswith("Cell(init=<function ")
   assert user == rnnjax.Cell(init, base.initial_carry, base.apply)
-  assert user == (init, base.initial_carry, base.apply, None)
-  assert hash(user) == hash((init, base.initial_carry, base.apply, None))
+  assert user == (init, base.initial_carry, base.apply, None, None)
+  assert hash(user) == hash((init, base.initial_carry, base.apply, None, None))
   assert user != rnnjax.Cell(base.init, base.initial_carry, base.apply)
   assert jax.tree_util.tree_leaves(user) == [init, base.initial_carry, base.apply]
   assert jax.tree_util.tree_map(lambda v: v, user) == user
-  init_, _, _, input_size = user
-  assert (init_, input_size) == (init, None)
+  init_, _, _, input_size, paths = user
+  assert (init_, input_size, paths) == (init, None, None)
   # A built cell whose functions are replaced is no longer its factory's call.
   replaced = base._replace(apply=base.apply)
   assert replaced != base and repr(replaced).startswith("Cell(init=")
@@ -256,13 +256,13 @@ def test_equal_cells_carry_the_same_fast_paths():
   for build in (lambda: rnnjax.lstm(4), lambda: rnnjax.gru(4, reset_after=False),
                 lambda: rnnjax.stack([rnnjax.lstm(4), rnnjax.lstm(3)])):
     a, b = build(), build()
-    assert a == b and fused.kernel_of(a.apply) is not None
-    assert fused.kernel_of(b.apply) is not None
-  assert fused.kernel_of(rnnjax.lstm(4).apply) is fused.kernel_of(rnnjax.lstm(4).apply)
+    assert a == b and engines.sequence_kernel(a) is not None
+    assert engines.sequence_kernel(b) is not None
+  assert engines.sequence_kernel(rnnjax.lstm(4)) is engines.sequence_kernel(rnnjax.lstm(4))
   for build in (lambda: rnnjax.lru(4), lambda: rnnjax.rglru(4),
                 lambda: rnnjax.mingru(4, log_space=True), lambda: rnnjax.minlstm(4)):
     a, b = build(), build()
     assert a == b and rnnjax.is_linear(a) and rnnjax.is_linear(b)
     assert type(linear.recurrence_of(a)) is type(linear.recurrence_of(b))
   stacked = rnnjax.stack([rnnjax.lru(4), rnnjax.lru(3)])
-  assert linear.stack_of(stacked).layers == (rnnjax.lru(4), rnnjax.lru(3))
+  assert engines.linear_layers(stacked) == (rnnjax.lru(4), rnnjax.lru(3))

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import rnnjax
-from rnnjax._src import fused as fused_lib
 from tests import reference as ref
 
 T, B, I, H = 6, 3, 4, 5
@@ -226,7 +225,7 @@ def test_gru_reset_before_with_resets_equals_the_numpy_equations():
   """The fast path of `gru(reset_after=False)` with resets, with and without lengths, in both
   directions, on fixed inputs, against the float64 NumPy loop of tests/reference.py."""
   cell = _CELL_OBJECTS["gru_reset_before"]
-  assert fused_lib.kernel_of(cell.apply) is not None
+  assert rnnjax.engine_plan(cell).kernel
   params = _perturbed_params(cell, 16)
   xs = jax.random.normal(jax.random.key(17), (T, B, I))
   h0 = rnnjax.HiddenState(jax.random.normal(jax.random.key(18), (B, H)))
@@ -311,5 +310,5 @@ def test_fast_path_gradients_match_finite_differences_both_modes(name):
     lengths = jnp.array([4, 2], jnp.int32)
     resets = jnp.array([[0, 0], [0, 1], [1, 0], [0, 0]], bool)
     run = jax.jit(lambda p, x: rnnjax.unroll(cell, p, x, lengths=lengths, resets=resets))
-    assert fused_lib.kernel_of(cell.apply) is not None
+    assert rnnjax.engine_plan(cell).kernel
     check_grads(run, (params, xs), order=1, modes=["fwd", "rev"])

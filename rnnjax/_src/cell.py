@@ -102,12 +102,13 @@ class _CellFields(NamedTuple):
   initial_carry: InitialCarryFn
   apply: ApplyFn
   input_size: Callable[[Params], int] | None = None
+  paths: Any = None  # an `engines.FastPaths`, bound to `apply`
 
 
 class Cell(Identified, _CellFields):
   """One recurrent step as pure functions.
 
-  A `NamedTuple` `Cell(init, initial_carry, apply, input_size=None)`. The cells
+  A `NamedTuple` `Cell(init, initial_carry, apply, input_size=None, paths=None)`. The cells
   that rnnjax's factories build print as their factory call
   (`lstm(hidden_size=32)`) and compare and hash by it, so that a new but equal
   cell hits `jax.jit`'s cache; a user-written `Cell` compares by the identity of
@@ -128,6 +129,12 @@ class Cell(Identified, _CellFields):
     input_size: optional `input_size(params) -> int`, the feature size `I` the
       params were made for. Engines use it to check inputs with a clear message;
       a user-written cell may leave it `None`.
+    paths: optional `rnnjax.FastPaths`, what the engines may run instead of stepping
+      `apply`: a whole-sequence kernel (the built-in LSTM and GRU), the linear
+      recurrence of a linear cell (`rnnjax.with_recurrence`), a stack's layers. It
+      is bound to the `apply` it reproduces (`paths.apply`): after
+      `cell._replace(apply=...)` the engines ignore it and step the new `apply`.
+      `rnnjax.engine_plan` says what will run.
   """
 
 

@@ -26,10 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, engines
 from rnnjax._src import linear as linear_lib
-from rnnjax._src import parallel as parallel_lib
-from rnnjax._src import unroll as unroll_lib
 
 # ----------------------------------------------------------------------------- carries as vectors
 
@@ -113,13 +111,34 @@ def _perturbed_cell(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> 
   return wrapped
 
 
-def _plain_form(cell: cell_lib.Cell) -> cell_lib.Cell:
-  """A linear cell with its recurrence in plain (not log-space) form; the same function."""
+def _perturbed_linear(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> cell_lib.Cell:
+  """`_perturbed_cell` of a linear cell, with its recurrence (in plain form, not log space).
+
+  `ε_t` enters as `b_t + ε_t`, after the step, as in `_perturbed_cell`: resets and padding
+  then treat it as part of the carry. Step `t`'s output reads the carry before `ε_t` is
+  added (`hs - ε`), as `_perturbed_cell`'s does.
+  """
   recurrence = linear_lib.recurrence_of(cell)
   if recurrence is None:
     raise TypeError("rnnjax.diagnostics.gradient_norms: the parallel engines need a linear "
                     "cell (one with a LinearRecurrence); use engine='sequential' for others.")
-  return linear_lib.with_recurrence(cell, recurrence._replace(log_coefficients=None))
+
+  def split(params, x_eps):
+    delta = _from_vector(layout, x_eps[..., in_size:].astype(_real_dtype(layout))).h
+    return x_eps[..., :in_size], delta
+
+  def coefficients(params, xs_eps):
+    xs, delta = split(params, xs_eps)
+    a, b = recurrence.coefficients(params, xs)
+    return a, b + delta.astype(b.dtype)
+
+  def readout(params, hs, xs_eps):
+    xs, delta = split(params, xs_eps)
+    hs = hs - delta.astype(hs.dtype)
+    return hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
+
+  return linear_lib.with_recurrence(_perturbed_cell(cell, layout, in_size),
+                                    linear_lib.LinearRecurrence(coefficients, readout))
 
 
 def _real_dtype(layout: _CarryLayout):
@@ -166,9 +185,8 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
     (30, 4)
   """
   fn = "rnnjax.diagnostics.gradient_norms"
-  if engine not in ("sequential", "parallel", "chunked"):
-    raise ValueError(f"{fn}: `engine` must be 'sequential', 'parallel' or 'chunked', "
-                     f"got {engine!r}.")
+  if engine not in engines.ENGINES or engine == "auto":
+    raise ValueError(f"{fn}: `engine` must be one of {engines.ENGINES[1:]}, got {engine!r}.")
   checks.function(fn, "loss_fn", loss_fn)
   in_size = cell.input_size(params) if cell.input_size is not None else None
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
@@ -181,19 +199,15 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
   opts = dict(lengths=lengths, resets=resets, reverse=reverse)
   if engine == "sequential":
     wrapped = _perturbed_cell(cell, layout, in_size)
-
-    def loss(eps):
-      ys, _ = unroll_lib.unroll(wrapped, params, jnp.concatenate([xs, eps], axis=-1), carry,
-                                **opts)
-      return loss_fn(ys)
   else:
-    plain = _plain_form(cell)
+    wrapped = _perturbed_linear(cell, layout, in_size)
+  run = engines.runner(engine)
+  extra = {} if engine == "sequential" else {"engine": engine}
 
-    def loss(eps):
-      delta = _from_vector(layout, eps.astype(_real_dtype(layout))).h
-      ys, _ = parallel_lib.parallel_unroll(plain, params, xs, carry, engine=engine,
-                                           _perturbation=delta, **opts)
-      return loss_fn(ys)
+  def loss(eps):
+    ys, _ = run(wrapped, params, jnp.concatenate([xs, eps.astype(xs.dtype)], axis=-1), carry,
+                **opts, **extra)
+    return loss_fn(ys)
 
   value, grad = jax.value_and_grad(loss)(eps)
   leaf_norms, start = [], 0

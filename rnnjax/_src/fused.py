@@ -15,9 +15,10 @@ are each one large matrix product over all `T*B` rows. Forward mode (`jvp`,
 
 The kernels reproduce the cells' `apply` under `unroll`'s semantics (lengths as a
 `valid` mask, resets to the zero initial carry, `reverse`), and are attached to
-the built-in `apply` functions (`attach`). A cell whose `apply` is replaced or
-wrapped loses its kernel and runs through the generic engine. The gate arithmetic
-itself (and the LSTM gates' tangent) is `cells/gates.py`'s, shared with the cells.
+the built-in cells as their `FastPaths.sequence` (`engines.py`), bound to their
+`apply`: a cell whose `apply` is replaced or wrapped runs through the generic engine.
+The gate arithmetic itself (and the LSTM gates' tangent) is `cells/gates.py`'s, shared
+with the cells.
 """
 
 from __future__ import annotations
@@ -33,18 +34,6 @@ from jax.custom_derivatives import SymbolicZero
 
 from rnnjax._src import precision as precision_lib
 from rnnjax._src.cells import gates as gates_lib
-
-KERNEL_ATTR = "_rnnjax_sequence_kernel"
-
-
-def attach(apply: Callable, kernel: Callable) -> Callable:
-  """Marks `apply` as having the whole-sequence `kernel`; returns `apply`."""
-  setattr(apply, KERNEL_ATTR, kernel)
-  return apply
-
-
-def kernel_of(apply: Callable) -> Callable | None:
-  return getattr(apply, KERNEL_ATTR, None)
 
 
 def supported_dtype(xs: jax.Array, *arrays: Any) -> bool:

@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
-from rnnjax._src import fused as fused_lib
-from rnnjax._src import linear as linear_lib
+from rnnjax._src import checks, engines
 from rnnjax._src import unroll as unroll_lib
 
 Cell = cell_lib.Cell
@@ -194,40 +192,6 @@ def _stack_step(fn: str, cells: tuple[Cell, ...], rate: float,
   return apply
 
 
-def _stack_kernel(cells: tuple[Cell, ...], rate: float) -> Callable | None:
-  """The whole-sequence fast path of a stack whose cells all have one, else None.
-
-  It runs the layers' kernels one after another over the sequence: the same
-  function as stepping all layers together, since each layer's step t only reads
-  the layer below at step t.
-  """
-  kernels = [fused_lib.kernel_of(cell.apply) for cell in cells]
-  if any(k is None for k in kernels):
-    return None
-
-  def run_kernels(params, xs, carry, opts):
-    new_carry = []
-    for kern, p, c in zip(kernels, params, carry, strict=True):
-      out = kern(p, xs, c, **opts)
-      if out is None:
-        return None
-      xs, c = out
-      new_carry.append(c)
-    return xs, tuple(new_carry)
-
-  def kernel(params, xs, carry, *, valid, keep, reverse, unroll, key=None):
-    if key is not None and rate > 0.0:
-      return None  # Dropout draws per-step masks: keep the step-wise path.
-    opts = dict(valid=valid, keep=keep, reverse=reverse, unroll=unroll)
-    # Every layer must accept (a shape-only trial, so a refusal by a later
-    # layer leaves nothing of the earlier ones in the program).
-    if jax.eval_shape(lambda: run_kernels(params, xs, carry, opts)) is None:
-      return None
-    return run_kernels(params, xs, carry, opts)
-
-  return kernel
-
-
 def _stack_sequence(fn: str, layers: tuple[Layer, ...], rate: float) -> Callable:
   """The `apply` of a stack of layers: each layer over the whole sequence, bottom to top."""
   n = len(layers)
@@ -293,13 +257,10 @@ def stack(layers: Sequence[Cell | Layer], *, dropout: float = 0.0) -> Cell | Lay
   if all(isinstance(layer, Cell) for layer in layers):
     init, initial_carry, input_size = _stack_parts(fn, layers)
     apply = _stack_step(fn, layers, rate, initial_carry)
-    kernel = _stack_kernel(layers, rate)
-    if kernel is not None:
-      fused_lib.attach(apply, kernel)
-    if all(linear_lib.is_linear(cell) for cell in layers):
-      # Every layer is a scan: `parallel_unroll` runs them one after another.
-      linear_lib.attach_stack(apply, layers, rate)
-    return Cell(init, initial_carry, apply, input_size=input_size)
+    # The layers' own fast paths run one layer after another (`engines.sequence_kernel`,
+    # `engines.linear_layers`).
+    paths = engines.FastPaths(apply, layers=tuple(layers), dropout=rate)
+    return Cell(init, initial_carry, apply, input_size=input_size, paths=paths)
   layers = tuple(rnn(layer) if isinstance(layer, Cell) else layer for layer in layers)
   init, initial_carry, input_size = _stack_parts(fn, layers)
   return Layer(init, initial_carry, _stack_sequence(fn, layers, rate), input_size=input_size)

@@ -21,11 +21,11 @@ the compute dtype. `parallel_unroll` scans in the pairs' dtype, then casts the f
 carry to the carry's dtype and `ys` to the dtype of `apply`'s outputs, so that it
 returns the dtypes `unroll` does.
 
-The recurrence is attached to the cell's `apply` (`with_recurrence`); a cell
-whose `apply` is replaced loses it, and `parallel_unroll` then refuses the cell.
-A `stack` of linear cells is not itself linear in its carry (each layer reads
-the outputs of the one below), but it runs layer after layer, each layer as a
-scan: `stack` attaches its layers (`LinearStack`) for `parallel_unroll`.
+The recurrence is the cell's `FastPaths.linear` (`Cell.paths`, `with_recurrence`),
+bound to its `apply`: a cell whose `apply` is replaced loses it, and the parallel
+engines then refuse the cell. A `stack` of linear cells is not itself linear in its
+carry (each layer reads the outputs of the one below), but it runs layer after layer,
+each layer as a scan (`FastPaths.layers`). `engines.py` answers which cells are linear.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from rnnjax._src import cell as cell_lib
-
-_ATTR = "_rnnjax_linear_recurrence"
-_STACK_ATTR = "_rnnjax_linear_stack"
+from rnnjax._src import engines
 
 
 class LinearRecurrence(NamedTuple):
@@ -56,48 +54,32 @@ class LinearRecurrence(NamedTuple):
 
 
 def with_recurrence(cell: cell_lib.Cell, recurrence: LinearRecurrence) -> cell_lib.Cell:
-  """`cell` with `recurrence` attached, so that `parallel_unroll` can run it.
+  """`cell` with `recurrence` as its `FastPaths.linear`, so that the parallel engines run it.
 
   The cell's `apply` must compute the same step as `recurrence` (with carry
-  `HiddenState(h)`); the engines' tests check this for the built-in cells.
-  """
-  def apply(params, carry, x, *, key=None):
-    return cell.apply(params, carry, x, key=key)
+  `HiddenState(h)`); the engines' tests check this for the built-in cells. Other
+  fast paths of `cell` are kept.
 
-  setattr(apply, _ATTR, recurrence)
-  return cell._replace(apply=apply)
+  Args:
+    cell: the cell.
+    recurrence: its recurrence over whole sequences.
+
+  Returns:
+    The cell, with `cell.paths.linear` set (and bound to `cell.apply`).
+  """
+  paths = engines.paths_of(cell) or engines.FastPaths(cell.apply)
+  return cell._replace(paths=paths._replace(linear=recurrence))
 
 
 def recurrence_of(cell: cell_lib.Cell) -> LinearRecurrence | None:
-  """The recurrence attached to `cell.apply`, or None."""
-  return getattr(cell.apply, _ATTR, None)
-
-
-class LinearStack(NamedTuple):
-  """A `stack` whose layers are all linear cells (or such stacks).
-
-  Attributes:
-    layers: the stacked cells, bottom first.
-    dropout: the stack's dropout rate between layers (the parallel engine takes
-      no key, so it runs the stack without dropout, as `unroll` does without one).
-  """
-
-  layers: tuple[cell_lib.Cell, ...]
-  dropout: float
-
-
-def attach_stack(apply: Callable[..., Any], layers: tuple[cell_lib.Cell, ...],
-                 dropout: float) -> None:
-  """Marks a stack's `apply` as running `layers` (each linear) one after another."""
-  setattr(apply, _STACK_ATTR, LinearStack(tuple(layers), float(dropout)))
-
-
-def stack_of(cell: cell_lib.Cell) -> LinearStack | None:
-  """The linear layers attached to a stack's `apply`, or None."""
-  return getattr(cell.apply, _STACK_ATTR, None)
+  """The recurrence of a linear cell (bound to its `apply`), or None."""
+  return engines.recurrence_of(cell)
 
 
 def is_linear(cell: Any) -> bool:
-  """Whether `parallel_unroll` can run `cell`: a linear cell, or a stack of them."""
-  return isinstance(cell, cell_lib.Cell) and (
-      recurrence_of(cell) is not None or stack_of(cell) is not None)
+  """Whether the parallel engines can run `cell`: a linear cell, or a stack of them.
+
+  Args:
+    cell: any object.
+  """
+  return engines.is_linear(cell)

@@ -14,13 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, layers, precision
-from rnnjax._src import linear as linear_lib
+from rnnjax._src import checks, engines, layers, precision, truncated
 from rnnjax._src import parallel as parallel_lib
 from rnnjax._src import readout as readout_lib
 from rnnjax._src import unroll as unroll_lib
 
-ENGINES = ("auto", "sequential", "parallel", "chunked")
+ENGINES = engines.ENGINES
 
 
 class SequenceModelParams(NamedTuple):
@@ -113,17 +112,9 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     core_in = embed_size
   else:
     core_in = checks.positive_int(fn, "input_size", input_size)
-  is_cell = isinstance(core, cell_lib.Cell)
   prec = precision.policy(fn, dtype, param_dtype)
-  if engine not in ENGINES:
-    raise ValueError(f"{fn}: `engine` must be one of {ENGINES}, got {engine!r}.")
-  linear = linear_lib.is_linear(core)
-  if engine in ("parallel", "chunked") and not linear:
-    raise TypeError(
-        f"{fn}: engine={engine!r} needs a linear core (rnnjax.mingru, minlstm, lru, rglru, a "
-        f"cell from rnnjax.with_recurrence, or a stack of them), got "
-        f"{'a Layer' if not is_cell else 'a cell without a linear recurrence'}. "
-        "Use engine='auto' or 'sequential'.")
+  engines.check_name(fn, engine)
+  engines.require(fn, core, engine, arg="core")
   num_steps = readout_lib.check(fn, readout, num_steps, core)
 
   def init(key: jax.Array) -> SequenceModelParams:
@@ -246,7 +237,7 @@ def run_core(core: cell_lib.Cell | layers.Layer, params: Any, xs: jax.Array, car
   if tbptt is not None:
     if not isinstance(core, cell_lib.Cell):
       raise ValueError(f"{fn}: `tbptt` needs a Cell core, got a Layer.")
-    return unroll_lib.truncated_unroll(core, params, xs, carry, chunk=tbptt, lengths=lengths,
+    return truncated.truncated_unroll(core, params, xs, carry, chunk=tbptt, lengths=lengths,
                                        key=key)
   if run != "sequential":
     return parallel_lib.parallel_unroll(core, params, xs, carry, lengths=lengths, engine=run)
@@ -265,12 +256,9 @@ def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int 
   stack's dropout (active when a key is given) run step by step: `"auto"` falls
   back, `"parallel"`/`"chunked"` raise a ValueError.
   """
-  stacked = linear_lib.stack_of(core) if isinstance(core, cell_lib.Cell) else None
-  dropout = key_given and stacked is not None and stacked.dropout > 0.0
-  if (tbptt is not None or dropout) and engine in ("parallel", "chunked"):
-    why = "truncated BPTT (`tbptt`)" if tbptt is not None else "the stack's dropout (a `key`)"
-    raise ValueError(f"{fn}: {why} runs step by step, but the model was built with "
-                     f"engine={engine!r}; build it with engine='auto' or 'sequential'.")
-  if tbptt is not None or dropout or engine == "sequential" or not linear_lib.is_linear(core):
+  paths = engines.paths_of(core)
+  dropout = key_given and paths is not None and paths.dropout > 0.0
+  engines.require(fn, core, engine, arg="core", tbptt=tbptt, dropout_key=dropout)
+  if tbptt is not None or dropout or engine == "sequential" or not engines.is_linear(core):
     return "sequential"
   return engine

@@ -28,25 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
-from rnnjax._src import linear as linear_lib
+from rnnjax._src import checks, engines
 from rnnjax._src import unroll as unroll_lib
 from rnnjax._src.cells import common
 
 _FN = "rnnjax.parallel_unroll"
-ENGINES = ("auto", "sequential", "parallel", "chunked")
 DEFAULT_CHUNK = 128
 # `log 0` in the log-space scan: finite, so that `logaddexp` of two of them has a finite
 # gradient; sums of up to ~1e8 of them stay inside float32's range.
 _LOG_ZERO = -1e30
-# engine="auto", per backend: (the engine, the shortest T from which it beats `lax.scan`),
-# or None where `lax.scan` was fastest at every T measured. From
-# `python benchmarks/linear_engines.py` over T = 256..65,536 (benchmarks/RESULTS.md): on the
-# 2-core CPU, sequential won at every T (the parallel scan does ~2x the work and a CPU has
-# no width to spend it on); on an H100, "parallel" won at every T, by 14x at T=256. TPUs
-# were not measured; they get the GPU's choice.
-AUTO_THRESHOLDS: dict[str, tuple[str, int] | None] = {
-    "cpu": None, "gpu": ("parallel", 0), "tpu": ("parallel", 0)}
 
 
 def _combine(left, right):
@@ -110,12 +100,11 @@ def _scan_pairs(a, b, h0, *, log_space: bool, engine: str, chunk: int):
   return hs.reshape(n_chunks * k, *hs.shape[2:])[:num_steps]
 
 
-def _edit_pairs(a, b, h_reset, resets, valid, perturbation, *, log_space: bool):
+def _edit_pairs(a, b, h_reset, resets, valid, *, log_space: bool):
   """`unroll`'s options as edits of the pairs `(a, b)` (or `(log a, log b)`), `[T, ..., S]`.
 
-  A reset restarts from `h_reset` (`[..., S]`, in log space its log), a padded
-  step keeps the carry, and `perturbation` (`[T, ..., S]` or None, from
-  `rnnjax.diagnostics`) adds `ε_s` to the carry that step `s + 1` receives.
+  A reset restarts from `h_reset` (`[..., S]`, in log space its log), and a padded
+  step keeps the carry.
   """
   if resets is not None:
     r = _expand(resets, a)
@@ -126,9 +115,6 @@ def _edit_pairs(a, b, h_reset, resets, valid, perturbation, *, log_space: bool):
     v = _expand(valid, a)
     a = jnp.where(v, a, jnp.zeros_like(a) if log_space else jnp.ones_like(a))
     b = jnp.where(v, b, jnp.full_like(b, _LOG_ZERO) if log_space else jnp.zeros_like(b))
-  if perturbation is not None:
-    # After the edits above, so that resets and padding treat it as part of the carry.
-    b = b.at[1:].add(a[1:] * perturbation[:-1].astype(b.dtype))
   return a, b
 
 
@@ -159,38 +145,21 @@ def _check_options(cell: cell_lib.Cell, engine: str, chunk: int) -> tuple[Any, A
   """`parallel_unroll`'s checks of `cell`, `engine` and `chunk`.
 
   Returns:
-    `(recurrence, stack, chunk)`: the cell's `LinearRecurrence` or None, the
+    `(recurrence, layers, chunk)`: the cell's `LinearRecurrence` or None, the
     linear layers of a `stack` or None (one of the two is set), and `chunk`.
   """
   if not isinstance(cell, cell_lib.Cell):
     raise TypeError(f"{_FN}: `cell` must be an rnnjax.Cell, got {type(cell).__name__}.")
-  recurrence = linear_lib.recurrence_of(cell)
-  stacked = linear_lib.stack_of(cell)
-  if recurrence is None and stacked is None:
-    raise TypeError(
-        f"{_FN}: `cell` must be a linear cell (one with a LinearRecurrence: rnnjax.mingru, "
-        "minlstm, lru, rglru, or rnnjax.with_recurrence(cell, ...)) or a stack of them, got "
-        "a cell without one. Use rnnjax.unroll for other cells.")
-  if engine not in ENGINES:
-    raise ValueError(f"{_FN}: `engine` must be one of {ENGINES}, got {engine!r}.")
-  return recurrence, stacked, checks.positive_int(_FN, "chunk", chunk)
-
-
-def auto_engine(num_steps: int, backend: str | None = None) -> str:
-  """The engine `engine="auto"` picks for `num_steps` on `backend` (default: JAX's)."""
-  backend = backend or jax.default_backend()
-  choice = AUTO_THRESHOLDS.get(backend, AUTO_THRESHOLDS["gpu"])
-  if choice is None:
-    return "sequential"
-  engine, threshold = choice
-  return engine if num_steps >= threshold else "sequential"
+  engines.check_name(_FN, engine)
+  engines.require(_FN, cell, "parallel")
+  return (engines.recurrence_of(cell), engines.linear_layers(cell),
+          checks.positive_int(_FN, "chunk", chunk))
 
 
 def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *,
                     lengths: jax.Array | None = None, resets: jax.Array | None = None,
                     reverse: bool = False, engine: str = "auto",
-                    chunk: int = DEFAULT_CHUNK, time_major: bool = True,
-                    _perturbation: jax.Array | None = None) -> tuple[jax.Array, Any]:
+                    chunk: int = DEFAULT_CHUNK, time_major: bool = True) -> tuple[jax.Array, Any]:
   """`unroll` for linear cells, as a sequential, parallel or chunked scan; same answers.
 
   Same signature and semantics as `rnnjax.unroll` (initial carry, `lengths`,
@@ -243,13 +212,11 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     xs_t, _, _, carry, lengths, resets = unroll_lib.check_sequence(
         _FN, cell, params, xs, carry, lengths, resets, time_major=False)
     ys, carry = parallel_unroll(cell, params, xs_t, carry, lengths=lengths, resets=resets,
-                                reverse=reverse, engine=engine, chunk=chunk,
-                                _perturbation=_perturbation)
+                                reverse=reverse, engine=engine, chunk=chunk)
     return unroll_lib.from_time_major(ys, len(xs.shape) - 2), carry
   xs, num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
-  if engine == "auto":
-    engine = auto_engine(num_steps)
+  engine = engines.engine_plan(cell, engine, num_steps=num_steps).engine
   if engine == "sequential":
     return unroll_lib.unroll(cell, params, xs, carry, lengths=lengths, resets=resets,
                              reverse=reverse)
@@ -257,10 +224,8 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     # Layer after layer, each a scan: the same function as stepping every layer
     # together, since layer l's step t reads only layer l-1's output at step t (in
     # reverse too, and a reset restarts every layer's carry at the same step).
-    if _perturbation is not None:
-      raise TypeError(f"{_FN}: carry perturbations need a single linear cell, got a stack.")
     new_carry = []
-    for layer, p, c in zip(stacked.layers, params, carry, strict=True):
+    for layer, p, c in zip(stacked, params, carry, strict=True):
       xs, c = parallel_unroll(layer, p, xs, c, lengths=lengths, resets=resets,
                               reverse=reverse, engine=engine, chunk=chunk)
       new_carry.append(c)
@@ -269,13 +234,9 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
                                                  reverse)
   if idx is not None:
     xs, resets = unroll_lib._take_time((xs, resets), idx)
-    if _perturbation is not None:
-      _perturbation = unroll_lib._take_time(_perturbation, idx)
   elif reverse:
     xs = xs[::-1]
     resets = None if resets is None else resets[::-1]
-    if _perturbation is not None:
-      _perturbation = _perturbation[::-1]
 
   log_space = recurrence.log_coefficients is not None
   # The value check runs on concrete carries only, in NumPy: a jnp op on a concrete carry
@@ -295,7 +256,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   h0, h_reset = _in_pair_dtype((h0, h_reset), b)
   if log_space:
     h_reset = _safe_log(h_reset)
-  a, b = _edit_pairs(a, b, h_reset, resets, valid, _perturbation, log_space=log_space)
+  a, b = _edit_pairs(a, b, h_reset, resets, valid, log_space=log_space)
   hs = _scan_pairs(a, b, h0, log_space=log_space, engine=engine, chunk=chunk)
   ys = hs if recurrence.readout is None else recurrence.readout(params, hs, xs)
   if y_dtype is not None:

@@ -63,6 +63,25 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     return super()._get_help_string(action)
 
 
+def _check_engine(args: argparse.Namespace, config: dict[str, Any]) -> None:
+  """`--engine` against the cell and the options, by `rnnjax.engine_plan`'s rule."""
+  engine = config.get("engine", "auto")
+  if engine == "auto":
+    return
+  try:
+    rnnjax.engine_plan(CELLS[args.cell](1), engine, tbptt=config["tbptt"])
+  except TypeError:
+    linear = ", ".join(name for name, make in CELLS.items() if rnnjax.is_linear(make(1)))
+    raise UsageError(f"--engine {engine} needs a linear cell ({linear}), got --cell "
+                     f"{args.cell}") from None
+  except ValueError:
+    pass  # --tbptt: said below, in terms of the flags
+  for flag, value in (("--tbptt", config["tbptt"]), ("--dropout", config["dropout"] or None)):
+    if value is not None and engine != "sequential":
+      raise UsageError(f"--engine {engine} runs whole sequences as a scan; {flag} needs "
+                       f"--engine sequential or auto, got {flag} {value}")
+
+
 def _positive(kind):
   def parse(text: str):
     try:
@@ -237,7 +256,7 @@ def _add_train(t: argparse.ArgumentParser) -> None:
                  "shakespeare 64)")
   t.add_argument("--tbptt", type=_positive(int), default=None,
                  help="truncated BPTT: stop gradients every this many steps (default: off)")
-  t.add_argument("--engine", choices=("auto", "sequential", "parallel", "chunked"),
+  t.add_argument("--engine", choices=rnnjax.ENGINES,
                  default="auto", help="how a linear cell (mingru, minlstm, lru, rglru) runs "
                  "over time: auto picks per backend and length (sequential on CPU, a parallel "
                  "scan on GPU/TPU); parallel and chunked need a linear cell and no --tbptt "
@@ -344,15 +363,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
   if config["init"] != "default" and args.cell not in INIT_CELLS:
     raise UsageError(f"--init {config['init']} needs a classic cell ({', '.join(INIT_CELLS)}), "
                      f"got --cell {args.cell}; use --init default")
-  engine = config.get("engine", "auto")
-  if engine in ("parallel", "chunked"):
-    if not rnnjax.is_linear(CELLS[args.cell](1)):
-      raise UsageError(f"--engine {engine} needs a linear cell (mingru, minlstm, lru, rglru), "
-                       f"got --cell {args.cell}")
-    for flag, value in (("--tbptt", config["tbptt"]), ("--dropout", config["dropout"] or None)):
-      if value is not None:
-        raise UsageError(f"--engine {engine} runs whole sequences as a scan; {flag} needs "
-                         f"--engine sequential or auto, got {flag} {value}")
+  _check_engine(args, config)
   if config["eval_every"] < 0 or config["checkpoint_every"] < 0:
     raise UsageError("--eval-every and --checkpoint-every must be >= 0")
   if config["weight_decay"] and config["optimizer"] == "adam":

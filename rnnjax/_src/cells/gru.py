@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, fused
+from rnnjax._src import checks, engines, fused
 from rnnjax._src.cells import common, gates
 
 
@@ -99,6 +99,6 @@ def gru(hidden_size: int, *, reset_after: bool = True, use_bias: bool = True,
                               reset_after=reset_after, affine=prec.affine)
     return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
-  fused.attach(apply, fused.gru_kernel(reset_after, prec))
   input_size = common.input_size_of(fn, GRUParams)
-  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size,
+                       paths=engines.FastPaths(apply, sequence=fused.gru_kernel(reset_after, prec)))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, fused
+from rnnjax._src import checks, engines, fused
 from rnnjax._src import precision as precision_lib
 from rnnjax._src.cells import common, gates
 
@@ -128,6 +128,6 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       h = prec.matmul(h, params.w_proj)
     return precision_lib.like(LSTMState(h=h, c=c), carry), prec.output(h)
 
-  fused.attach(apply, fused.lstm_kernel(prec))
   input_size = common.input_size_of(fn, LSTMParams)
-  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size,
+                       paths=engines.FastPaths(apply, sequence=fused.lstm_kernel(prec)))
