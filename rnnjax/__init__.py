@@ -11,6 +11,10 @@ import typing as _typing
 
 from rnnjax._src.cell import Cell as Cell
 from rnnjax._src.cells.common import HiddenState as HiddenState
+from rnnjax._src.cells.diagonal import DiagonalGRUParams as DiagonalGRUParams
+from rnnjax._src.cells.diagonal import DiagonalLSTMParams as DiagonalLSTMParams
+from rnnjax._src.cells.diagonal import diagonal_gru as diagonal_gru
+from rnnjax._src.cells.diagonal import diagonal_lstm as diagonal_lstm
 from rnnjax._src.cells.elman import ElmanParams as ElmanParams
 from rnnjax._src.cells.elman import elman as elman
 from rnnjax._src.cells.gru import GRUParams as GRUParams
@@ -28,6 +32,9 @@ from rnnjax._src.cells.minimal import mingru as mingru
 from rnnjax._src.cells.minimal import minlstm as minlstm
 from rnnjax._src.cells.rglru import RGLRUParams as RGLRUParams
 from rnnjax._src.cells.rglru import rglru as rglru
+from rnnjax._src.cells.slstm import SLSTMParams as SLSTMParams
+from rnnjax._src.cells.slstm import SLSTMState as SLSTMState
+from rnnjax._src.cells.slstm import slstm as slstm
 from rnnjax._src.checkpoint import Checkpointer as Checkpointer
 from rnnjax._src.checkpoint import CheckpointError as CheckpointError
 from rnnjax._src.engines import ENGINES as ENGINES
