@@ -202,11 +202,10 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
   else:
     wrapped = _perturbed_linear(cell, layout, in_size)
   run = engines.runner(engine)
-  extra = {} if engine == "sequential" else {"engine": engine}
 
   def loss(eps):
     ys, _ = run(wrapped, params, jnp.concatenate([xs, eps.astype(xs.dtype)], axis=-1), carry,
-                **opts, **extra)
+                **opts)
     return loss_fn(ys)
 
   value, grad = jax.value_and_grad(loss)(eps)

@@ -15,7 +15,6 @@ import numpy as np
 
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, engines, layers, precision, truncated
-from rnnjax._src import parallel as parallel_lib
 from rnnjax._src import readout as readout_lib
 from rnnjax._src import unroll as unroll_lib
 
@@ -239,10 +238,8 @@ def run_core(core: cell_lib.Cell | layers.Layer, params: Any, xs: jax.Array, car
       raise ValueError(f"{fn}: `tbptt` needs a Cell core, got a Layer.")
     return truncated.truncated_unroll(core, params, xs, carry, chunk=tbptt, lengths=lengths,
                                        key=key)
-  if run != "sequential":
-    return parallel_lib.parallel_unroll(core, params, xs, carry, lengths=lengths, engine=run)
   if isinstance(core, cell_lib.Cell):
-    return unroll_lib.unroll(core, params, xs, carry, lengths=lengths, key=key)
+    return unroll_lib.unroll(core, params, xs, carry, lengths=lengths, key=key, engine=run)
   return core.apply(params, xs, carry, lengths=lengths, key=key)
 
 
