@@ -22,16 +22,18 @@ ZEROS = jax.nn.initializers.zeros
 
 # factory -> (its positional argument, {option: a value other than its default, expected repr})
 OPTIONS = {
-    "elman": (4, {"nonlinearity": ("relu", "'relu'"), "use_bias": (False, "False"),
+    "elman": (4, {"heads": (2, "2"), "nonlinearity": ("relu", "'relu'"),
+                  "use_bias": (False, "False"),
                   "kernel_init": (ZEROS, repr(ZEROS)), "recurrent_init": (ZEROS, repr(ZEROS)),
                   "init": ("pytorch", "'pytorch'"), "dtype": (jnp.bfloat16, "'bfloat16'"),
                 "param_dtype": (jnp.float16, "'float16'")}),
-    "lstm": (4, {"proj_size": (2, "2"), "use_bias": (False, "False"),
+    "lstm": (4, {"heads": (2, "2"), "proj_size": (2, "2"), "use_bias": (False, "False"),
                  "forget_bias": (0.5, "0.5"), "kernel_init": (ZEROS, repr(ZEROS)),
                  "recurrent_init": (ZEROS, repr(ZEROS)), "init": ("pytorch", "'pytorch'"),
                  "dtype": ("bfloat16", "'bfloat16'"),
                 "param_dtype": (jnp.float16, "'float16'")}),
-    "gru": (4, {"reset_after": (False, "False"), "use_bias": (False, "False"),
+    "gru": (4, {"heads": (2, "2"), "reset_after": (False, "False"),
+                "use_bias": (False, "False"),
                 "kernel_init": (ZEROS, repr(ZEROS)), "recurrent_init": (ZEROS, repr(ZEROS)),
                 "init": ("pytorch", "'pytorch'"), "dtype": (jnp.bfloat16, "'bfloat16'"),
                 "param_dtype": (jnp.float16, "'float16'")}),

@@ -718,7 +718,8 @@ def test_sequence_model_runs_a_linear_core_on_every_engine_with_the_same_answers
 def test_sequence_model_engine_errors_and_sequential_fallbacks():
   with pytest.raises(ValueError, match=r"sequence_model: `engine` must be one of .*'fast'"):
     rnnjax.sequence_model(LINEAR_CORE, input_size=I, output_size=1, engine="fast")
-  with pytest.raises(TypeError, match=r"`core` must be a linear cell .*engine='parallel', got a cell without"):
+  with pytest.raises(TypeError, match=r"`core` must be a linear cell .*engine='parallel', got "
+                     r"a cell without"):
     rnnjax.sequence_model(rnnjax.gru(H), input_size=I, output_size=1, engine="parallel")
   parallel = rnnjax.sequence_model(LINEAR_CORE, input_size=I, output_size=1, engine="chunked")
   params = parallel.init(jax.random.key(0))

@@ -73,6 +73,20 @@ __all__ = (
 _MODULE = "rnnjax.interop.pytorch"
 
 
+def _describe(fn: str, params: Any) -> tuple[Any, list[list[Any]]]:
+  """`_torch_layout.describe`, refusing head-wise params (a cell built with `heads` > 1)."""
+  spec, cells = _torch_layout.describe(fn, params)
+  for layer, entries in enumerate(cells):
+    for d, p in enumerate(entries):
+      if p.w_h.ndim != 2:
+        raise ValueError(
+            f"{fn}: layer {layer}{' backward' if d else ''} has a head-wise recurrent weight "
+            f"(w_h.shape={tuple(p.w_h.shape)}, from a cell built with heads="
+            f"{p.w_h.shape[0]}); PyTorch's nn.RNN, nn.LSTM and nn.GRU hold one dense "
+            "recurrent matrix, so only cells with heads=1 (the default) convert.")
+  return spec, cells
+
+
 def from_torch(state_dict: Any, *, mode: str | None = None, num_layers: int | None = None,
                bidirectional: bool | None = None, bias: bool | None = None,
                proj_size: int | None = None, input_size: int | None = None,
@@ -212,7 +226,7 @@ def to_torch(params: Any, *, mode: str | None = None, prefix: str = "",
      'bias_hh_l0': (20,), 'weight_hr_l0': (3, 5)}
   """
   fn = f"{_MODULE}.to_torch"
-  spec, cells = _torch_layout.describe(fn, params)
+  spec, cells = _describe(fn, params)
   _torch_checks.check_mode(fn, mode, spec.kind)
   _torch_checks.check_prefix(fn, prefix)
   # Checks that the layers fit together as one PyTorch module.
@@ -259,7 +273,7 @@ def torch_kwargs(params: Any, *, cell: bool = False) -> dict[str, Any]:
     {'input_size': 3, 'hidden_size': 4, 'num_layers': 2, 'bias': True, 'bidirectional': True}
   """
   fn = f"{_MODULE}.torch_kwargs"
-  spec, cells = _torch_layout.describe(fn, params)
+  spec, cells = _describe(fn, params)
   return _torch_layout.module_kwargs(fn, spec, cells, cell=checks.boolean(fn, "cell", cell))
 
 
@@ -291,7 +305,7 @@ def carry_from_torch(params: Any, hx: Any) -> Any:
     (3, 4)
   """
   fn = f"{_MODULE}.carry_from_torch"
-  spec, cells = _torch_layout.describe(fn, params)
+  spec, cells = _describe(fn, params)
   return _torch_carry.carry_from_rows(fn, spec, cells, hx)
 
 

@@ -1,4 +1,8 @@
-"""Pieces shared by the classic cells: the one-tensor carry, fused gate weights, argument checks."""
+"""Pieces shared by the classic cells: the one-tensor carry, fused gate weights, argument checks.
+
+Also the head-wise recurrence (`heads=`): a block-diagonal recurrent matrix stored as
+one block per head, `w_h: [heads, D, G*D]` with `D = H / heads`, and its product.
+"""
 
 from __future__ import annotations
 
@@ -63,23 +67,26 @@ def pytorch_uniform(hidden_size: int) -> cell_lib.Initializer:
 
 
 def pytorch_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, gates: int, *,
-                    dtype: Any, use_bias: bool, recurrent_rows: int | None = None
-                    ) -> dict[str, jax.Array | None]:
+                    dtype: Any, use_bias: bool, recurrent_rows: int | None = None,
+                    heads: int = 1) -> dict[str, jax.Array | None]:
   """`gated_weights` drawn as PyTorch does: every weight and bias uniform in `±1/sqrt(H)`."""
   input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
   uniform = pytorch_uniform(hidden_size)
   k_i, k_h, k_bi, k_bh = jax.random.split(key, 4)
   size = gates * hidden_size
+  d = hidden_size // heads
+  w_h_shape = (recurrent_rows or hidden_size, size) if heads == 1 else (heads, d, gates * d)
   return dict(
       w_i=cell_lib.draw(uniform, k_i, (input_size, size), dtype),
-      w_h=cell_lib.draw(uniform, k_h, (recurrent_rows or hidden_size, size), dtype),
+      w_h=cell_lib.draw(uniform, k_h, w_h_shape, dtype),
       b_i=cell_lib.draw(uniform, k_bi, (size,), dtype) if use_bias else None,
       b_h=cell_lib.draw(uniform, k_bh, (size,), dtype) if use_bias else None)
 
 
 def hidden_initial_carry(params_h: jax.Array, batch_shape: tuple[int, ...] = ()) -> HiddenState:
-  """Zeros `[*batch_shape, H]` in the dtype of `params_h: [H, G*H]`."""
-  return HiddenState(h=cell_lib.zeros(tuple(batch_shape), params_h.shape[0], params_h.dtype))
+  """Zeros `[*batch_shape, H]` in the dtype of `params_h: [H, G*H]` (or `[heads, D, G*D]`)."""
+  rows, _ = recurrent_sizes(params_h, 1)
+  return HiddenState(h=cell_lib.zeros(tuple(batch_shape), rows, params_h.dtype))
 
 
 def check_params(fn: str, params: Any, params_type: type) -> None:
@@ -125,25 +132,32 @@ def precision(fn: str, dtype: Any, param_dtype: Any) -> precision_lib.Precision:
 def gated_weights(fn: str, key: jax.Array, input_size: Any, hidden_size: int, gates: int, *,
                   kernel_init: Any, recurrent_init: Any, dtype: Any, use_bias: bool,
                   fill: dict[int, float] | None = None, recurrent_rows: int | None = None,
-                  pytorch: bool = False) -> dict[str, jax.Array | None]:
+                  pytorch: bool = False, heads: int = 1) -> dict[str, jax.Array | None]:
   """The fused `w_i: [I, G*H]`, `w_h: [R, G*H]`, `b_i, b_h: [G*H]` of a cell with `G` gates.
 
   `R` is `recurrent_rows` (the LSTM's projection size) or `H`. Each gate's block is
   drawn on its own; `fill` sets gate slices of `b_i` (see `cell.gated_biases`).
+  With `heads > 1`, `w_h` is head-wise, `[heads, D, G*D]`: each head's `[D, D]` block
+  of each gate drawn on its own (see `headwise`); `w_i` and the biases are unchanged.
   With `pytorch` (`init="pytorch"`), they are `pytorch_weights` instead: the
   initializers and `fill` do not apply (`init_scheme` refuses them alongside).
   """
   if pytorch:
     return pytorch_weights(fn, key, input_size, hidden_size, gates, dtype=dtype,
-                           use_bias=use_bias, recurrent_rows=recurrent_rows)
+                           use_bias=use_bias, recurrent_rows=recurrent_rows, heads=heads)
   input_size = checks.positive_int(f"{fn}.init", "input_size", input_size)
   k_i, k_h = jax.random.split(key)
   b_i, b_h = cell_lib.gated_biases(gates, hidden_size, dtype, use_bias=use_bias, fill=fill)
-  rows = recurrent_rows or hidden_size
+  if heads == 1:
+    rows = recurrent_rows or hidden_size
+    w_h = cell_lib.gate_blocks(recurrent_init, k_h, rows, hidden_size, gates, dtype)
+  else:
+    d = hidden_size // heads
+    w_h = jnp.stack([cell_lib.gate_blocks(recurrent_init, k, d, d, gates, dtype)
+                     for k in jax.random.split(k_h, heads)])
   return dict(
       w_i=cell_lib.gate_blocks(kernel_init, k_i, input_size, hidden_size, gates, dtype),
-      w_h=cell_lib.gate_blocks(recurrent_init, k_h, rows, hidden_size, gates, dtype),
-      b_i=b_i, b_h=b_h)
+      w_h=w_h, b_i=b_i, b_h=b_h)
 
 
 def input_size_of(fn: str, params_type: type) -> Any:
@@ -152,3 +166,75 @@ def input_size_of(fn: str, params_type: type) -> Any:
     check_params(fn, params, params_type)
     return params.w_i.shape[0]
   return input_size
+
+
+# ------------------------------------------------------------------- head-wise recurrence
+
+
+def check_heads(fn: str, hidden_size: int, heads: Any) -> int:
+  """`heads` as an int that divides `hidden_size`; a ValueError naming `heads` otherwise."""
+  heads = checks.positive_int(fn, "heads", heads)
+  if hidden_size % heads:
+    fits = [k for k in range(1, hidden_size + 1) if hidden_size % k == 0]
+    raise ValueError(
+        f"{fn}: `hidden_size` (={hidden_size}) must be divisible by `heads` (={heads}); "
+        f"each head holds hidden_size // heads units. Pass heads as one of {fits}.")
+  return heads
+
+
+def check_recurrent(fn: str, params: Any, params_type: type, heads: int) -> None:
+  """`params.w_h` must be as a cell with `heads` makes it: `[R, G*H]`, or `[heads, D, G*D]`.
+
+  Params of another type pass: the cell's own checks (`check_apply`) say what is wrong.
+  """
+  if not isinstance(params, params_type):
+    return
+  shape = tuple(getattr(params.w_h, "shape", ()))
+  if (len(shape) == 2) if heads == 1 else (len(shape) == 3 and shape[0] == heads):
+    return
+  want = "[H, G*H] (a dense matrix)" if heads == 1 else f"[{heads}, D, G*D] (one block per head)"
+  raise ValueError(
+      f"{fn}: `params.w_h` has shape {shape}, but this cell was built with heads={heads}, "
+      f"whose `init` makes w_h of shape {want}. Pass the params that this cell's `init` made, "
+      "or build the cell with the `heads` the params were made for.")
+
+
+def recurrent_sizes(w_h: jax.Array, gates: int) -> tuple[int, int]:
+  """`(R, H)` of `w_h: [R, G*H]`, or of the head-wise `[heads, D, G*D]` (`R = H = heads*D`)."""
+  if w_h.ndim == 2:
+    return w_h.shape[0], w_h.shape[1] // gates
+  heads, d, _ = w_h.shape
+  return heads * d, heads * d
+
+
+def headwise(h: jax.Array, r: jax.Array, matmul: Any = jnp.matmul) -> jax.Array:
+  """The block-diagonal product `h @ blockdiag(r)`, gate-major: `[..., G*H]`.
+
+  The dense layout's order: gate `g` of every head lands in units `g*H` to
+  `(g+1)*H`, so biases and gate code read it as they read `h @ w_h`.
+
+  Args:
+    h: `[..., H]`, the hidden state.
+    r: `[heads, D, G*D]` with `H = heads * D`: head `k`'s block, its `G` gates side by
+      side (`r[k][:, g*D:(g+1)*D]` feeds gate `g`).
+    matmul: `matmul(x, w)`, a batched matrix product (a mixed-precision cell passes its
+      own, which casts the operands).
+
+  Returns:
+    `[..., G*H]`: gate `g`, head `k` holds `h[k*D:(k+1)*D] @ r[k][:, g*D:(g+1)*D]` at
+    `[..., g*H + k*D : g*H + (k+1)*D]`.
+  """
+  heads, d, gd = r.shape
+  batch = h.shape[:-1]
+  out = matmul(h.reshape(*batch, heads, 1, d), r)  # [..., heads, 1, G*D]
+  out = jnp.swapaxes(out.reshape(*batch, heads, gd // d, d), -3, -2)
+  return out.reshape(*batch, heads * gd)
+
+
+def recurrent(h: jax.Array, w_h: jax.Array, b_h: jax.Array | None,
+              prec: precision_lib.Precision) -> jax.Array:
+  """`h @ w_h + b_h` in `prec.accum`, for a dense `w_h: [R, G*H]` or a head-wise one."""
+  if w_h.ndim == 2:
+    return prec.affine(h, w_h, b_h)
+  y = headwise(h, w_h, prec.matmul)
+  return y if b_h is None else y + b_h.astype(prec.accum)

@@ -18,11 +18,14 @@ class LSTMParams(NamedTuple):
 
   PyTorch `nn.LSTM`: `weight_ih_l0 = w_i.T`, `weight_hh_l0 = w_h.T`,
   `bias_ih_l0 = b_i`, `bias_hh_l0 = b_h`, `weight_hr_l0 = w_proj.T`.
-  `P` is `proj_size`, or `H` without a projection.
+  `P` is `proj_size`, or `H` without a projection. With `heads > 1`, `w_h` is
+  block-diagonal, stored per head as `[heads, D, 4D]` (`D = H / heads`):
+  `w_h[k][:, g*D:(g+1)*D]` maps head `k`'s units of `h` to gate `g`'s units `k*D` to
+  `(k+1)*D`.
   """
 
   w_i: jax.Array  # [I, 4H]
-  w_h: jax.Array  # [P, 4H]
+  w_h: jax.Array  # [P, 4H], or [heads, D, 4D] with heads > 1
   b_i: jax.Array | None  # [4H]
   b_h: jax.Array | None  # [4H]
   w_proj: jax.Array | None  # [H, P], None without a projection
@@ -36,9 +39,9 @@ class LSTMState(NamedTuple):
 
 
 @cell_lib.factory
-def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = True,
-         forget_bias: float = 1.0, kernel_init: Any = None, recurrent_init: Any = None,
-         init: str = "default", dtype: Any = jnp.float32,
+def lstm(hidden_size: int, *, proj_size: int | None = None, heads: int = 1,
+         use_bias: bool = True, forget_bias: float = 1.0, kernel_init: Any = None,
+         recurrent_init: Any = None, init: str = "default", dtype: Any = jnp.float32,
          param_dtype: Any = None) -> cell_lib.Cell:
   r"""The long short-term memory cell (Hochreiter & Schmidhuber 1997; PyTorch's `nn.LSTM`).
 
@@ -49,18 +52,28 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
     h' = σ(o) ⊙ tanh(c')              # then h' = h' @ w_proj with a projection
     y  = h'
 
+  With `heads = k > 1`, `w_h` is block-diagonal with `k` blocks of `D = H / k` units
+  (head-wise recurrence, as in sLSTM and FlashRNN): head `j`'s units of every gate read
+  only head `j`'s units of `h`, so the step Jacobian of `(h, c)` is block-diagonal by head.
+
   Defaults: `w_i` LeCun normal (variance `1/I`) per gate, `w_h` orthogonal per
-  gate, biases zero except the forget gate's slice of `b_i`, which starts at
-  `forget_bias` = 1.0 (Jozefowicz et al. 2015); `w_proj` LeCun normal.
+  gate (per head and gate with `heads`), biases zero except the forget gate's slice of
+  `b_i`, which starts at `forget_bias` = 1.0 (Jozefowicz et al. 2015); `w_proj` LeCun
+  normal.
 
   Args:
     hidden_size: `H`, the size of the memory cell `c`.
     proj_size: `P`; if given, `h` and `y` are projected to `P` features (PyTorch's
       `proj_size`). Must be smaller than `hidden_size`, as in PyTorch.
+    heads: the number of diagonal blocks of `w_h`, which must divide `hidden_size`;
+      with `heads > 1`, `w_h` is stored per head as `[heads, D, 4D]`, and there is no
+      `proj_size` and no whole-sequence kernel (the cell steps its `apply`). 1 (the
+      default) is the dense cell.
     use_bias: if False there are no biases (PyTorch's `bias=False`).
     forget_bias: initial value of the forget gate's input bias.
     kernel_init: initializer for each gate's `[I, H]` block of `w_i`.
-    recurrent_init: initializer for each gate's `[P, H]` block of `w_h`.
+    recurrent_init: initializer for each gate's `[P, H]` block of `w_h` (each head's
+      `[D, D]` block of each gate with `heads`).
     init: `"default"` (the initializers above) or `"pytorch"`: every weight and bias
       uniform in `±1/sqrt(H)`, as PyTorch's `nn.LSTM` draws them, so that a port starts
       from PyTorch's distribution (`w_proj` too). There is no forget-gate fill, so
@@ -91,6 +104,12 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
       raise ValueError(
           f"{fn}: `proj_size` must be smaller than `hidden_size` (as in PyTorch), got "
           f"proj_size={proj_size}, hidden_size={hidden_size}.")
+  heads = common.check_heads(fn, hidden_size, heads)
+  if heads > 1 and proj_size is not None:
+    raise ValueError(
+        f"{fn}: `heads` > 1 and `proj_size` cannot be combined: the projection mixes the "
+        f"heads' units, got heads={heads}, proj_size={proj_size}. Drop `proj_size`, or pass "
+        "heads=1.")
   prec = common.precision(fn, dtype, param_dtype)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
   pytorch = common.init_scheme(fn, init, kernel_init, recurrent_init, forget_bias)
@@ -109,25 +128,30 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, use_bias: bool = Tru
         **common.gated_weights(fn, k_gates, input_size, hidden_size, 4, kernel_init=k_init,
                                recurrent_init=r_init, dtype=prec.param, use_bias=use_bias,
                                fill={1: forget_bias}, recurrent_rows=out_size,
-                               pytorch=pytorch),
+                               pytorch=pytorch, heads=heads),
         w_proj=w_proj)
 
   def initial_carry(params: LSTMParams, batch_shape: tuple[int, ...] = ()) -> LSTMState:
+    common.check_recurrent(f"{fn}.initial_carry", params, LSTMParams, heads)
     batch_shape = common.check_initial_carry(fn, params, LSTMParams, batch_shape)
-    h_size, four_h = params.w_h.shape
+    h_size, c_size = common.recurrent_sizes(params.w_h, 4)
     return LSTMState(h=cell_lib.zeros(tuple(batch_shape), h_size, params.w_h.dtype),
-                     c=cell_lib.zeros(tuple(batch_shape), four_h // 4, params.w_h.dtype))
+                     c=cell_lib.zeros(tuple(batch_shape), c_size, params.w_h.dtype))
 
   def apply(params: LSTMParams, carry: LSTMState, x: jax.Array, *,
             key: jax.Array | None = None) -> tuple[LSTMState, jax.Array]:
     del key
+    common.check_recurrent(f"{fn}.apply", params, LSTMParams, heads)
     x = common.check_apply(fn, params, LSTMParams, carry, x, input_size, initial_carry, prec)
-    z = prec.affine(x, params.w_i, params.b_i) + prec.affine(carry.h, params.w_h, params.b_h)
+    z = prec.affine(x, params.w_i, params.b_i) + common.recurrent(
+        carry.h, params.w_h, params.b_h, prec)
     _, c, h = gates.lstm_gates(z, prec.wide(carry.c))
     if params.w_proj is not None:
       h = prec.matmul(h, params.w_proj)
     return precision_lib.like(LSTMState(h=h, c=c), carry), prec.output(h)
 
   input_size = common.input_size_of(fn, LSTMParams)
+  # The fused kernel multiplies by a dense w_h: a head-wise cell steps its apply.
+  kernel = fused.lstm_kernel(prec) if heads == 1 else None
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size,
-                       paths=engines.FastPaths(apply, sequence=fused.lstm_kernel(prec)))
+                       paths=engines.FastPaths(apply, sequence=kernel))

@@ -50,26 +50,6 @@ class SLSTMState(NamedTuple):
   h: jax.Array  # [..., H], the hidden state (the last output)
 
 
-def headwise(h: jax.Array, r: jax.Array, matmul: Any = jnp.matmul) -> jax.Array:
-  """The block-diagonal product `h @ blockdiag(r)`, gate-major: `[..., 4H]`.
-
-  Args:
-    h: `[..., H]`, the hidden state.
-    r: `[heads, D, 4D]` with `H = heads * D`.
-    matmul: `matmul(x, w)`, a batched matrix product (a mixed-precision cell passes its
-      own, which casts the operands).
-
-  Returns:
-    `[..., 4H]`: gate `g`, head `k` holds `h[k*D:(k+1)*D] @ r[k][:, g*D:(g+1)*D]` at
-    `[..., g*H + k*D : g*H + (k+1)*D]`.
-  """
-  heads, d, four_d = r.shape
-  batch = h.shape[:-1]
-  out = matmul(h.reshape(*batch, heads, 1, d), r)  # [..., heads, 1, 4D]
-  out = jnp.swapaxes(out.reshape(*batch, heads, 4, four_d // 4), -3, -2)
-  return out.reshape(*batch, 4 * heads * d)
-
-
 def _step(pre: jax.Array, state: SLSTMState, exp_forget: bool) -> SLSTMState:
   """One stabilised sLSTM step from `pre = x @ w_i + b + headwise(h, r)`, all in one dtype."""
   i_t, f_t, z_t, o_t = jnp.split(pre, 4, axis=-1)
@@ -84,16 +64,6 @@ def _step(pre: jax.Array, state: SLSTMState, exp_forget: bool) -> SLSTMState:
   n = f * state.n + i
   h = jax.nn.sigmoid(o_t) * (c / n)
   return SLSTMState(c=c, n=n, m=m, h=h)
-
-
-def _check_heads(fn: str, hidden_size: int, heads: Any) -> int:
-  heads = checks.positive_int(fn, "heads", heads)
-  if hidden_size % heads:
-    fits = [k for k in range(1, hidden_size + 1) if hidden_size % k == 0]
-    raise ValueError(
-        f"{fn}: `hidden_size` (={hidden_size}) must be divisible by `heads` (={heads}); "
-        f"each head holds hidden_size // heads units. Pass heads as one of {fits}.")
-  return heads
 
 
 @cell_lib.factory
@@ -165,7 +135,7 @@ def slstm(hidden_size: int, *, heads: int = 1, forget_gate: str = "sigmoid",
   """
   fn = "rnnjax.slstm"
   hidden_size = common.factory_sizes(fn, hidden_size)
-  heads = _check_heads(fn, hidden_size, heads)
+  heads = common.check_heads(fn, hidden_size, heads)
   exp_forget = checks.choice(fn, "forget_gate", forget_gate, FORGET_GATES) == "exp"
   use_bias = checks.boolean(fn, "use_bias", use_bias)
   forget_bias = checks.real_number(fn, "forget_bias", forget_bias)
@@ -193,7 +163,7 @@ def slstm(hidden_size: int, *, heads: int = 1, forget_gate: str = "sigmoid",
             key: jax.Array | None = None) -> tuple[SLSTMState, jax.Array]:
     del key
     x = common.check_apply(fn, params, SLSTMParams, carry, x, input_size, initial_carry, prec)
-    pre = prec.affine(x, params.w_i, params.b) + headwise(carry.h, params.r, prec.matmul)
+    pre = prec.affine(x, params.w_i, params.b) + common.headwise(carry.h, params.r, prec.matmul)
     new = _step(pre, jax.tree_util.tree_map(prec.wide, carry), exp_forget)
     return precision_lib.like(new, carry), prec.output(new.h)
 
