@@ -55,6 +55,9 @@ from rnnjax._src.linear import with_recurrence as with_recurrence
 from rnnjax._src.model import SequenceModel as SequenceModel
 from rnnjax._src.model import SequenceModelParams as SequenceModelParams
 from rnnjax._src.model import sequence_model as sequence_model
+from rnnjax._src.newton import Newton as Newton
+from rnnjax._src.newton import NewtonInfo as NewtonInfo
+from rnnjax._src.newton import newton_unroll as newton_unroll
 from rnnjax._src.packing import pack as pack
 from rnnjax._src.packing import pad as pad
 from rnnjax._src.packing import unpack as unpack
@@ -96,6 +99,8 @@ __all__ = (
   "MGUParams",
   "MinGRUParams",
   "MinLSTMParams",
+  "Newton",
+  "NewtonInfo",
   "ProgressBar",
   "RGLRUParams",
   "Run",
@@ -118,6 +123,7 @@ __all__ = (
   "mgu",
   "mingru",
   "minlstm",
+  "newton_unroll",
   "pack",
   "pad",
   "parallel_unroll",

@@ -42,11 +42,13 @@ def _rglru(hidden: int, **kwargs: Any) -> rnnjax.Cell:
 
 
 # The cells of `rnnjax train --cell`: each builds a cell of hidden (output) size H from H. The
-# gated cells and minGRU/minLSTM have H-wide outputs; the LRU has H complex states read out to
-# H real outputs.
+# gated cells, minGRU/minLSTM, the diagonal cells and the sLSTM (one head) have H-wide outputs;
+# the LRU has H complex states read out to H real outputs.
 CELLS: dict[str, Callable[[int], rnnjax.Cell]] = {
     "lstm": rnnjax.lstm, "gru": rnnjax.gru, "elman": rnnjax.elman, "mgu": rnnjax.mgu,
-    "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru}
+    "mingru": rnnjax.mingru, "minlstm": rnnjax.minlstm, "lru": _lru, "rglru": _rglru,
+    "diagonal_gru": rnnjax.diagonal_gru, "diagonal_lstm": rnnjax.diagonal_lstm,
+    "slstm": rnnjax.slstm}
 # The optimizers of `rnnjax train --optimizer`.
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # The initialisations of `rnnjax train --init`, and the cells whose factory takes `init=`.

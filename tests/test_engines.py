@@ -132,3 +132,26 @@ def test_an_engine_is_one_entry_of_the_table(monkeypatch):
   np.testing.assert_allclose(ys, 3.0 * rnnjax.unroll(cell, params, XS)[0], rtol=1e-6)
   with pytest.raises(ValueError, match=r"truncated BPTT .*engine='toy' runs whole sequences"):
     rnnjax.engine_plan(cell, "toy", tbptt=2)
+
+
+def test_newton_runs_through_unroll_and_sequence_model_with_its_options():
+  cell = rnnjax.gru(H)
+  params = _params(cell, seed=4)
+  want, want_carry = rnnjax.unroll(cell, params, XS, lengths=LENGTHS, reverse=True, fused=False)
+  for engine in ("newton", rnnjax.Newton(jacobian="diagonal", damping=1e-3)):
+    assert rnnjax.engine_plan(cell, engine).engine == "newton"
+    ys, carry = rnnjax.unroll(cell, params, XS, lengths=LENGTHS, reverse=True, engine=engine)
+    np.testing.assert_allclose(ys, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(carry.h, want_carry.h, rtol=1e-4, atol=1e-5)
+  model = rnnjax.sequence_model(cell, input_size=I, output_size=2,
+                                engine=rnnjax.Newton(jacobian="full"))
+  m_params = model.init(jax.random.key(5))
+  preds, _ = model.apply(m_params, XS, lengths=LENGTHS)
+  hs, _ = rnnjax.unroll(cell, m_params.core, XS, lengths=LENGTHS, fused=False)
+  np.testing.assert_allclose(preds, jnp.where(jnp.arange(T)[:, None, None] < LENGTHS[:, None],
+                                              hs @ m_params.w_out + m_params.b_out, 0.0),
+                             rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match=r"truncated BPTT .*engine='newton' runs whole"):
+    model.apply(m_params, XS, tbptt=3)
+  with pytest.raises(ValueError, match=r"`engine` must be one of .*or an engine's options"):
+    rnnjax.unroll(cell, params, XS, engine=object())

@@ -185,7 +185,7 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
     (30, 4)
   """
   fn = "rnnjax.diagnostics.gradient_norms"
-  if engine not in engines.ENGINES or engine == "auto":
+  if engine == "auto" or not isinstance(engine, str) or engine not in engines.ENGINES:
     raise ValueError(f"{fn}: `engine` must be one of {engines.ENGINES[1:]}, got {engine!r}.")
   checks.function(fn, "loss_fn", loss_fn)
   in_size = cell.input_size(params) if cell.input_size is not None else None
@@ -197,10 +197,10 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
                    len(batch_shape))
   eps = jnp.zeros((num_steps, *batch_shape, sum(layout.sizes)), xs.dtype)
   opts = dict(lengths=lengths, resets=resets, reverse=reverse)
-  if engine == "sequential":
-    wrapped = _perturbed_cell(cell, layout, in_size)
-  else:
+  if engines.linear_only(engine):
     wrapped = _perturbed_linear(cell, layout, in_size)
+  else:
+    wrapped = _perturbed_cell(cell, layout, in_size)
   run = engines.runner(engine)
 
   def loss(eps):

@@ -7,6 +7,8 @@ padding-aware `reverse`, `time_major`) and gives its answers:
   whole-sequence kernel where it has one (the fused LSTM/GRU of `fused.py`);
 - `"parallel"`, `"chunked"`: the associative scan over all steps, or over chunks,
   for cells linear in their carry (`parallel.py`);
+- `"newton"`: any cell, by Newton's method on the whole trajectory, each iteration a
+  parallel scan (`newton.py`); its options are an `rnnjax.Newton`, passed as `engine`;
 - `"auto"`: chosen here per cell, options, backend and length (`plan`).
 
 A cell's fast paths are one visible record, `Cell.paths` (a `FastPaths`), bound to
@@ -141,6 +143,7 @@ _ENGINES: dict[str, _Engine] = {
                         True, True),
     "chunked": _Engine(("rnnjax._src.parallel", "parallel_unroll", {"engine": "chunked"}),
                        True, True),
+    "newton": _Engine(("rnnjax._src.newton", "newton_unroll", {}), False, True),
 }
 ENGINES = ("auto", *_ENGINES)
 
@@ -173,18 +176,33 @@ def auto_engine(num_steps: int, backend: str | None = None) -> str:
 
 
 def check_name(fn: str, engine: Any) -> str:
-  """`engine` if it names an engine, else a ValueError naming them."""
-  if not isinstance(engine, str) or engine not in ENGINES:
-    raise ValueError(f"{fn}: `engine` must be one of {ENGINES}, got {engine!r}.")
-  return engine
+  """The name of `engine`: a name of `ENGINES`, or an engine's options (`rnnjax.Newton`).
+
+  Anything else is a ValueError naming the engines.
+  """
+  if isinstance(engine, str) and engine in ENGINES:
+    return engine
+  name = getattr(type(engine), "ENGINE", None)  # The options of an engine name it.
+  if name in _ENGINES:
+    return name
+  raise ValueError(f"{fn}: `engine` must be one of {ENGINES}, or an engine's options such as "
+                   f"rnnjax.Newton(...), got {engine!r}.")
 
 
-def runner(engine: str) -> Callable[..., Any]:
+def linear_only(engine: Any) -> bool:
+  """Whether `engine` (a name or options, not "auto") runs linear cells only."""
+  return _ENGINES[check_name("rnnjax.engines", engine)].linear_only
+
+
+def runner(engine: Any) -> Callable[..., Any]:
   """`run(cell, params, xs, carry, *, lengths, resets, reverse, time_major)` of `engine`.
 
+  `engine` is a name other than "auto", or an engine's options (passed on as `options`).
   The engines' functions are imported here on first use: their modules import this one.
   """
-  module, name, kwargs = _ENGINES[engine].run
+  module, name, kwargs = _ENGINES[check_name("rnnjax.engines", engine)].run
+  if not isinstance(engine, str):
+    kwargs = {**kwargs, "options": engine}
   return functools.partial(getattr(importlib.import_module(module), name), **kwargs)
 
 
@@ -192,8 +210,8 @@ class EnginePlan(NamedTuple):
   """What runs a cell over time: the result of `engine_plan`.
 
   Attributes:
-    engine: the engine that runs: "sequential", "parallel" or "chunked" (never
-      "auto": the choice made).
+    engine: the engine that runs: "sequential", "parallel", "chunked" or "newton"
+      (never "auto": the choice made).
     kernel: True where the sequential engine runs the cell's whole-sequence kernel
       (the fused LSTM/GRU; see `FastPaths.sequence`) instead of stepping `apply`.
     reason: why, in one sentence.
@@ -251,7 +269,8 @@ def engine_plan(cell: Any, engine: str = "auto", *, num_steps: int | None = None
 
   Args:
     cell: a `Cell` (or a `Layer`, which runs its own `apply`).
-    engine: "auto", "sequential", "parallel" or "chunked".
+    engine: "auto", "sequential", "parallel", "chunked" or "newton", or an engine's
+      options (`rnnjax.Newton(...)`).
     num_steps: `T`, for `"auto"`'s per-length rule (None: any length).
     params: the cell's params (optional, see above).
     xs: the inputs `[T, ..., I]` (optional, see above).
@@ -276,7 +295,7 @@ def engine_plan(cell: Any, engine: str = "auto", *, num_steps: int | None = None
     >>> rnnjax.engine_plan(rnnjax.mingru(8), num_steps=512, backend="gpu").engine
     'parallel'
   """
-  engine = check_name(_FN, engine)
+  engine = check_name(_FN, engine)  # Options (rnnjax.Newton) plan as their engine.
   layers = getattr(paths_of(cell), "layers", None)
   dropout_key = key is not None and layers is not None and paths_of(cell).dropout > 0.0
   require(_FN, cell, engine, tbptt=tbptt, dropout_key=dropout_key, remat=remat)

@@ -113,7 +113,7 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
     core_in = checks.positive_int(fn, "input_size", input_size)
   prec = precision.policy(fn, dtype, param_dtype)
   engines.check_name(fn, engine)
-  engines.require(fn, core, engine, arg="core")
+  engines.require(fn, core, engines.check_name(fn, engine), arg="core")
   num_steps = readout_lib.check(fn, readout, num_steps, core)
 
   def init(key: jax.Array) -> SequenceModelParams:
@@ -253,9 +253,11 @@ def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int 
   stack's dropout (active when a key is given) run step by step: `"auto"` falls
   back, `"parallel"`/`"chunked"` raise a ValueError.
   """
+  name = engines.check_name(fn, engine)
   paths = engines.paths_of(core)
   dropout = key_given and paths is not None and paths.dropout > 0.0
-  engines.require(fn, core, engine, arg="core", tbptt=tbptt, dropout_key=dropout)
-  if tbptt is not None or dropout or engine == "sequential" or not engines.is_linear(core):
+  engines.require(fn, core, name, arg="core", tbptt=tbptt, dropout_key=dropout)
+  if tbptt is not None or dropout or name == "sequential" or (
+      name == "auto" and not engines.is_linear(core)):
     return "sequential"
   return engine

@@ -245,8 +245,10 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       `xs`'s layout. The same as moving the time axis by hand (`jnp.moveaxis`).
     engine: how to run over time (`rnnjax.ENGINES`): `"sequential"` (this function's
       `lax.scan`, or the cell's fast path), `"parallel"` or `"chunked"` (the
-      associative scan of `rnnjax.parallel_unroll`, for linear cells), or `"auto"`,
-      the fastest for the cell, options, backend and `T`. Every engine gives the same
+      associative scan of `rnnjax.parallel_unroll`, for linear cells), `"newton"` (any
+      cell, by Newton iterations of parallel scans: `rnnjax.newton_unroll`; pass
+      `rnnjax.Newton(...)` for its options), or `"auto"`, the fastest for the cell,
+      options, backend and `T`. Every engine gives the same
       answers; `rnnjax.engine_plan` says which runs. `unroll`, `remat`, `key` and
       `fused` are the sequential engine's options.
 
@@ -275,15 +277,15 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
   xs, num_steps, batch_shape, carry, lengths, resets = check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
   if engine != "sequential":
-    engines.check_name(_FN, engine)
-    engines.require(_FN, cell, engine, remat=remat)
-    if engine == "auto" and unroll != 1:
-      engine = "sequential"
+    name = engines.check_name(_FN, engine)
+    engines.require(_FN, cell, name, remat=remat)
+    if name == "auto" and unroll != 1:
+      engine = name = "sequential"
     chosen = engines.engine_plan(cell, engine, num_steps=num_steps, key=key, remat=remat,
                                  fused=fused).engine
     if chosen != "sequential":
-      return engines.runner(chosen)(cell, params, xs, carry, lengths=lengths, resets=resets,
-                                    reverse=reverse)
+      return engines.runner(engine if chosen == name else chosen)(
+          cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse)
   unroll = _check_unroll(unroll)
   remat = _check_remat(remat)
   checks.key(_FN, "key", key, optional=True)

@@ -257,10 +257,11 @@ def _add_train(t: argparse.ArgumentParser) -> None:
   t.add_argument("--tbptt", type=_positive(int), default=None,
                  help="truncated BPTT: stop gradients every this many steps (default: off)")
   t.add_argument("--engine", choices=rnnjax.ENGINES,
-                 default="auto", help="how a linear cell (mingru, minlstm, lru, rglru) runs "
-                 "over time: auto picks per backend and length (sequential on CPU, a parallel "
-                 "scan on GPU/TPU); parallel and chunked need a linear cell and no --tbptt "
-                 "or --dropout")
+                 default="auto", help="how the cell runs over time: auto picks per cell, "
+                 "backend and length (a linear cell, mingru, minlstm, lru or rglru, runs as a "
+                 "parallel scan on GPU/TPU; everything else sequentially); parallel and chunked "
+                 "need a linear cell; newton runs any cell by Newton iterations of parallel "
+                 "scans (for GPUs: slow on CPU); the three need no --tbptt or --dropout")
   t.add_argument("--steps-per-call", type=_positive(int), default=10,
                  help="training steps per jitted call")
   t.add_argument("--eval-every", type=int, default=None,
