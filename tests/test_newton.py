@@ -282,13 +282,24 @@ def test_bad_options_reach_newton_unroll():
     newton_unroll(cell, params, xs, return_info="yes")
 
 
+def _layout(size, dtype=jnp.float32, leaves=1):
+  """The layout of a carry of `leaves` leaves of `size` features each."""
+  carry = tuple(jax.ShapeDtypeStruct((size,), jnp.float32) for _ in range(leaves))
+  return newton_lib.lin.layout_of(carry, 0)._replace(dtype=np.dtype(dtype))
+
+
 def test_auto_picks_full_jacobians_while_they_are_small():
-  plan = newton_lib._plan
-  assert plan(Newton(), 64, 100, 4, jnp.float32).full
-  assert not plan(Newton(), 65, 100, 4, jnp.float32).full
-  assert not plan(Newton(), 64, 2**20, 16, jnp.float32).full  # T * batch * S^2 > 2^27
-  assert plan(Newton("full"), 65, 2**20, 16, jnp.float32).full
-  assert not plan(Newton("diagonal"), 2, 100, 4, jnp.float32).full
+  def plan(options, size, num_steps, batch, dtype=jnp.float32, heads=None, leaves=1):
+    return newton_lib._plan(options, _layout(size, dtype, leaves), num_steps, batch, heads)
+  assert plan(Newton(), 64, 100, 4).full
+  assert not plan(Newton(), 65, 100, 4).full
+  assert not plan(Newton(), 64, 2**20, 16).full  # T * batch * S^2 > 2^27
+  assert plan(Newton("full"), 65, 2**20, 16).full
+  assert not plan(Newton("diagonal"), 2, 100, 4).full
   assert plan(Newton(), 8, 100, 4, jnp.float64).tol == 1e-11
-  assert plan(Newton(), 8, 100, 4, jnp.float32).max_iters == 64
-  assert plan(Newton(), 8, 10, 4, jnp.float32).max_iters == 10
+  assert plan(Newton(), 8, 100, 4).max_iters == 64
+  assert plan(Newton(), 8, 10, 4).max_iters == 10
+  # A declared unit-by-unit Jacobian of one leaf is its diagonal: "auto" takes it.
+  assert not plan(Newton(), 8, 100, 4, heads=8).full
+  assert plan(Newton(), 8, 100, 4, heads=8, leaves=2).full  # two leaves: cross terms
+  assert plan(Newton(), 8, 100, 4, heads=2).full

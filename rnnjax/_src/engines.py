@@ -48,6 +48,12 @@ class FastPaths(NamedTuple):
       stack has a whole-sequence kernel when every layer has one, and runs on the
       parallel engines when every layer is linear.
     dropout: the stack's dropout rate between layers.
+    jacobian_heads: for the Newton engine, the structure of the step's Jacobian, or
+      None (dense): with `k`, every carry leaf is `[..., H]` and unit `u` of each leaf
+      depends only on the units of `u`'s head (`H / k` units) of each leaf. `k = H`
+      means unit by unit (ParaRNN's diagonal cells), `k = heads` a head-wise
+      recurrence (`heads=`, the sLSTM). The Newton engine then forms the Jacobian's
+      diagonal with `leaves * H / k` Jacobian-vector products instead of `S`.
   """
 
   apply: Callable[..., Any]
@@ -55,6 +61,7 @@ class FastPaths(NamedTuple):
   linear: Any = None
   layers: tuple[Any, ...] | None = None
   dropout: float = 0.0
+  jacobian_heads: int | None = None
 
 
 def paths_of(cell: Any) -> FastPaths | None:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks, newton_adjoint
+from rnnjax._src import checks, engines, newton_adjoint
 from rnnjax._src import newton_linear as lin
 from rnnjax._src import unroll as unroll_lib
 
@@ -139,27 +139,34 @@ class NewtonInfo(NamedTuple):
 
 class _Plan(NamedTuple):
   full: bool
+  colors: tuple[int, ...] | None  # `newton_linear.colors_of`, for diagonal Jacobians
   damping: float
   tol: float
   max_iters: int
   fallback: str
 
 
-def _plan(options: Any, size: int, num_steps: int, batch_size: int, dtype: Any) -> _Plan:
+def _plan(options: Any, layout: lin.CarryLayout, num_steps: int, batch_size: int,
+          heads: int | None) -> _Plan:
   """`options` checked (also one made by `_replace`), with its defaults resolved.
 
-  `size` is the carry's size `S`, `batch_size` the number of sequences.
+  `layout` is the carry's, `batch_size` the number of sequences, `heads` the cell's
+  `FastPaths.jacobian_heads`. "auto" takes the diagonal where it is the whole Jacobian
+  (one leaf, unit by unit: ParaRNN's GRU), which is then exact Newton at one product.
   """
+  size, dtype = sum(layout.sizes), layout.dtype
+  colors = lin.colors_of(layout, heads)
   if not isinstance(options, Newton):
     raise TypeError(f"{_FN}: `options` must be an rnnjax.Newton (e.g. "
                     f"Newton(jacobian='diagonal')), got {type(options).__name__}.")
   jacobian, damping, tol, max_iters, fallback = _checked(*options)
   numbers = num_steps * batch_size * size * size
+  diagonal = colors is not None and len(layout.sizes) == 1 and len(set(colors)) == 1
   full = jacobian == "full" or (jacobian == "auto" and size <= AUTO_FULL_MAX_SIZE
-                                and numbers <= AUTO_FULL_MAX_NUMBERS)
+                                and numbers <= AUTO_FULL_MAX_NUMBERS and not diagonal)
   tol = _DEFAULT_TOL.get(jnp.dtype(dtype).name, 1e-5) if tol is None else tol
   max_iters = min(num_steps, DEFAULT_MAX_ITERS) if max_iters is None else max_iters
-  return _Plan(full, damping, tol, max_iters, fallback)
+  return _Plan(full, colors, damping, tol, max_iters, fallback)
 
 
 def _steps(cell: cell_lib.Cell, layout: lin.CarryLayout):
@@ -189,7 +196,7 @@ def _forward(step, step1, plan: _Plan, params, xs, h0, h_reset, valid, keep):
   def evaluate(hs):  # F_t(h_{t-1}) for every t, the Jacobians there, and the residual.
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     h_in = jnp.where(lin.expand(reset, hs), h_reset, h_prev)
-    f, jac = lin.linearise(lambda h: step(params, h, xs), h_in, plan.full)
+    f, jac = lin.linearise(lambda h: step(params, h, xs), h_in, plan.full, plan.colors)
     target = jnp.where(lin.expand(valid, hs), f, h_prev)
     limit = plan.tol * jnp.maximum(jnp.max(jnp.abs(target)), 1)
     return target, jac, jnp.max(jnp.abs(hs - target)), limit
@@ -325,7 +332,8 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
       _FN, cell, params, xs, carry, lengths, resets)
   reverse = checks.boolean(_FN, "reverse", reverse)
   layout = lin.layout_of(carry, len(batch_shape))
-  plan = _plan(options, sum(layout.sizes), num_steps, math.prod(batch_shape), layout.dtype)
+  plan = _plan(options, layout, num_steps, math.prod(batch_shape),
+               getattr(engines.paths_of(cell), "jacobian_heads", None))
   h0 = lin.to_vector(layout, carry, batch_shape)
   h_reset = jnp.zeros_like(h0)
   if resets is not None:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # A diagonal Jacobian pushes `k` one-hot tangents through the step at once, `[k, T, *batch, S]`
 # numbers (and the step's intermediates for each): at most 16, and at most this many numbers.
@@ -90,7 +91,30 @@ def expand(mask: jax.Array, like: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- Jacobians
 
 
-def linearise(fn, h: jax.Array, full: bool) -> tuple[jax.Array, jax.Array]:
+def colors_of(layout: CarryLayout, heads: int | None) -> tuple[int, ...] | None:
+  """A colouring of the carry vector's features for a cell with `FastPaths.jacobian_heads`.
+
+  Features of one colour never feed each other in the step's Jacobian, so one
+  Jacobian-vector product with every feature of a colour set to 1 gives the diagonal
+  entries of all of them. With `heads` heads of `D` units, feature `(leaf l, unit u)`
+  takes colour `l * D + u mod D`: `leaves * D` colours instead of `S` one-hot tangents.
+  None where the structure does not apply (no declaration, complex or non-`[H]` leaves).
+  """
+  if heads is None or any(jnp.issubdtype(d, jnp.complexfloating) for d in layout.dtypes):
+    return None
+  widths = {shape for shape in layout.shapes}
+  if len(widths) != 1 or len(next(iter(widths))) != 1:
+    return None
+  (width,) = next(iter(widths))
+  if width % heads:
+    return None
+  per_head = width // heads
+  return tuple(leaf * per_head + unit % per_head
+               for leaf in range(len(layout.shapes)) for unit in range(width))
+
+
+def linearise(fn, h: jax.Array, full: bool,
+              colors: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
   """`(fn(h), J)` for `fn: [T, *batch, S] -> [T, *batch, S]`, acting on each `(t, b)` alone.
 
   `J` is `[T, *batch, S, S]` (`J[..., i, j] = d out_i / d h_j`) if `full`, else its
@@ -101,6 +125,13 @@ def linearise(fn, h: jax.Array, full: bool) -> tuple[jax.Array, jax.Array]:
   """
   out, jvp = jax.linearize(fn, h)
   size = h.shape[-1]
+  if colors is not None and not full:  # One product per colour (see `colors_of`).
+    masks = jnp.asarray(np.equal.outer(np.arange(max(colors) + 1), np.asarray(colors)),
+                        h.dtype)  # [colours, S]
+
+    def add(c, diag):
+      return diag + jvp(jnp.broadcast_to(masks[c], h.shape)) * masks[c]
+    return out, jax.lax.fori_loop(0, masks.shape[0], add, jnp.zeros_like(h))
   eye = jnp.eye(size, dtype=h.dtype)
   if full:
     cols = jax.vmap(lambda e: jvp(jnp.broadcast_to(e, h.shape)))(eye)  # [S_in, ..., S_out]

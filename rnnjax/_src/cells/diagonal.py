@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, engines
 from rnnjax._src import precision as precision_lib
 from rnnjax._src.cells import common
 from rnnjax._src.cells.lstm import LSTMState
@@ -200,7 +200,8 @@ def diagonal_gru(hidden_size: int, *, use_bias: bool = True, kernel_init: Any = 
     return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
   input_size = common.input_size_of(fn, DiagonalGRUParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size,
+                       paths=engines.FastPaths(apply, jacobian_heads=hidden_size))
 
 
 @cell_lib.factory
@@ -284,4 +285,5 @@ def diagonal_lstm(hidden_size: int, *, use_bias: bool = True, kernel_init: Any =
     return precision_lib.like(LSTMState(h=h, c=c), carry), prec.output(h)
 
   input_size = common.input_size_of(fn, DiagonalLSTMParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size,
+                       paths=engines.FastPaths(apply, jacobian_heads=hidden_size))

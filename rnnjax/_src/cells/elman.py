@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, engines
 from rnnjax._src.cells import common
 
 
@@ -108,4 +108,5 @@ def elman(hidden_size: int, *, nonlinearity: str = "tanh", heads: int = 1, use_b
     return common.HiddenState(h=h.astype(carry.h.dtype)), prec.output(h)
 
   input_size = common.input_size_of(fn, ElmanParams)
-  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size)
+  paths = engines.FastPaths(apply, jacobian_heads=heads) if heads > 1 else None
+  return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size, paths=paths)

@@ -145,4 +145,6 @@ def gru(hidden_size: int, *, reset_after: bool = True, heads: int = 1, use_bias:
   # The fused kernel multiplies by a dense w_h: a head-wise cell steps its apply.
   kernel = fused.gru_kernel(reset_after, prec) if heads == 1 else None
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size,
-                       paths=engines.FastPaths(apply, sequence=kernel))
+                       paths=engines.FastPaths(
+                           apply, sequence=kernel,
+                           jacobian_heads=heads if heads > 1 else None))

@@ -154,4 +154,6 @@ def lstm(hidden_size: int, *, proj_size: int | None = None, heads: int = 1,
   # The fused kernel multiplies by a dense w_h: a head-wise cell steps its apply.
   kernel = fused.lstm_kernel(prec) if heads == 1 else None
   return cell_lib.Cell(init_params, initial_carry, apply, input_size=input_size,
-                       paths=engines.FastPaths(apply, sequence=kernel))
+                       paths=engines.FastPaths(
+                           apply, sequence=kernel,
+                           jacobian_heads=heads if heads > 1 else None))

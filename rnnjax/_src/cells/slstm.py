@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax._src import cell as cell_lib
-from rnnjax._src import checks
+from rnnjax._src import checks, engines
 from rnnjax._src import precision as precision_lib
 from rnnjax._src.cells import common
 
@@ -168,4 +168,5 @@ def slstm(hidden_size: int, *, heads: int = 1, forget_gate: str = "sigmoid",
     return precision_lib.like(new, carry), prec.output(new.h)
 
   input_size = common.input_size_of(fn, SLSTMParams)
-  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size)
+  return cell_lib.Cell(init, initial_carry, apply, input_size=input_size,
+                       paths=engines.FastPaths(apply, jacobian_heads=heads))
