@@ -155,3 +155,27 @@ def test_newton_runs_through_unroll_and_sequence_model_with_its_options():
     model.apply(m_params, XS, tbptt=3)
   with pytest.raises(ValueError, match=r"`engine` must be one of .*or an engine's options"):
     rnnjax.unroll(cell, params, XS, engine=object())
+
+
+BUILT_IN = {
+    "elman": lambda: rnnjax.elman(H), "lstm": lambda: rnnjax.lstm(H),
+    "lstm_proj": lambda: rnnjax.lstm(H, proj_size=2), "gru": lambda: rnnjax.gru(H),
+    "mgu": lambda: rnnjax.mgu(H), "mingru": lambda: rnnjax.mingru(H),
+    "minlstm_log": lambda: rnnjax.minlstm(H, log_space=True),
+    "lru": lambda: rnnjax.lru(H), "rglru": lambda: rnnjax.rglru(H),
+    "diagonal_gru": lambda: rnnjax.diagonal_gru(H),
+    "diagonal_lstm": lambda: rnnjax.diagonal_lstm(H), "slstm": lambda: rnnjax.slstm(4, heads=2),
+    "stack": lambda: rnnjax.stack([rnnjax.gru(H), rnnjax.mingru(H)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_newton_runs_every_built_in_cell(name):
+  cell = BUILT_IN[name]()
+  params = _params(cell, seed=6)
+  ys, carry, info = rnnjax.newton_unroll(cell, params, XS, lengths=LENGTHS, return_info=True)
+  want, want_carry = rnnjax.unroll(cell, params, XS, lengths=LENGTHS, fused=False)
+  assert bool(info.converged) and not bool(info.fell_back)
+  np.testing.assert_allclose(ys, want, rtol=1e-4, atol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         carry, want_carry)
