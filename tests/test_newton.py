@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnjax
+from rnnjax._src import carry_vector
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import newton as newton_lib
 from rnnjax._src.newton import Newton, NewtonInfo, newton_unroll
@@ -285,7 +286,7 @@ def test_bad_options_reach_newton_unroll():
 def _layout(size, dtype=jnp.float32, leaves=1):
   """The layout of a carry of `leaves` leaves of `size` features each."""
   carry = tuple(jax.ShapeDtypeStruct((size,), jnp.float32) for _ in range(leaves))
-  return newton_lib.lin.layout_of(carry, 0)._replace(dtype=np.dtype(dtype))
+  return carry_vector.layout_of(carry, 0)._replace(dtype=np.dtype(dtype))
 
 
 def test_auto_picks_full_jacobians_while_they_are_small():

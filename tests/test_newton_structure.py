@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import rnnjax
+from rnnjax._src import carry_vector as cv
 from rnnjax._src import engines
 from rnnjax._src import newton_linear as lin
 
@@ -37,14 +38,14 @@ def test_the_coloured_diagonal_equals_the_one_hot_diagonal(name):
       cell.initial_carry(params, (T, B)))
   if name.startswith("slstm"):  # n > 0 and m finite, as after a first step
     carry = carry._replace(n=1.0 + jnp.abs(carry.n))
-  layout = lin.layout_of(carry, 2)
+  layout = cv.layout_of(carry, 2)
   colors = lin.colors_of(layout, engines.paths_of(cell).jacobian_heads)
   assert colors is not None and len(set(colors)) == n_colors < sum(layout.sizes)
-  h = lin.to_vector(layout, carry, (T, B))
+  h = cv.to_vector(layout, carry, (T, B))
 
   def step(v):
-    new, _ = cell.apply(params, lin.from_vector(layout, v), XS)
-    return lin.to_vector(layout, new, (T, B))
+    new, _ = cell.apply(params, cv.from_vector(layout, v), XS)
+    return cv.to_vector(layout, new, (T, B))
 
   _, want = lin.linearise(step, h, full=False)
   _, got = lin.linearise(step, h, full=False, colors=colors)

@@ -10,14 +10,13 @@
   of the step Jacobians.
 - `summary`: a few numbers that describe a gradient-norm curve.
 
-Both tools see a carry as one real vector per batch entry (`_CarryLayout`). The
+Both tools see a carry as one real vector per batch entry (`carry_vector.py`). The
 third tool of `rnnjax.diagnostics`, `record` (per-step records of any
 intermediate, read from the step's jaxpr), lives in `recording.py`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,54 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax._src import carry_vector as cv
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, engines
 from rnnjax._src import linear as linear_lib
 
 # ----------------------------------------------------------------------------- carries as vectors
-
-
-class _CarryLayout(NamedTuple):
-  treedef: Any
-  shapes: tuple[tuple[int, ...], ...]  # per leaf, the feature shape (after the batch axes)
-  dtypes: tuple[Any, ...]
-  sizes: tuple[int, ...]  # real features per leaf (complex leaves count twice)
-
-
-def _layout(carry: Any, batch_ndim: int) -> _CarryLayout:
-  leaves, treedef = jax.tree_util.tree_flatten(carry)
-  shapes = tuple(tuple(leaf.shape[batch_ndim:]) for leaf in leaves)
-  dtypes = tuple(jnp.dtype(leaf.dtype) for leaf in leaves)
-  sizes = tuple(math.prod(s) * (2 if jnp.issubdtype(d, jnp.complexfloating) else 1)
-                for s, d in zip(shapes, dtypes, strict=True))
-  return _CarryLayout(treedef, shapes, dtypes, sizes)
-
-
-def _to_vector(layout: _CarryLayout, carry: Any, batch_shape: tuple[int, ...]) -> jax.Array:
-  """Carry leaves `[*batch, ...]` -> one real vector `[*batch, S]` (complex: real, imag)."""
-  parts = []
-  for leaf, shape, dtype in zip(jax.tree_util.tree_leaves(carry), layout.shapes, layout.dtypes,
-                                strict=True):
-    flat = jnp.broadcast_to(leaf, (*batch_shape, *shape)).reshape(*batch_shape, -1)
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-      parts += [jnp.real(flat), jnp.imag(flat)]
-    else:
-      parts.append(flat)
-  return jnp.concatenate(parts, axis=-1)
-
-
-def _from_vector(layout: _CarryLayout, vec: jax.Array) -> Any:
-  """The inverse of `_to_vector`."""
-  batch_shape = vec.shape[:-1]
-  leaves, start = [], 0
-  for shape, dtype, size in zip(layout.shapes, layout.dtypes, layout.sizes, strict=True):
-    part = vec[..., start:start + size]
-    start += size
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-      half = size // 2
-      part = jax.lax.complex(part[..., :half], part[..., half:])
-    leaves.append(part.reshape(*batch_shape, *shape).astype(dtype))
-  return jax.tree_util.tree_unflatten(layout.treedef, leaves)
 
 
 # ----------------------------------------------------------------------------- gradient norms
@@ -94,7 +51,7 @@ class GradientNorms(NamedTuple):
   loss: jax.Array
 
 
-def _perturbed_cell(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> cell_lib.Cell:
+def _perturbed_cell(cell: cell_lib.Cell, layout: cv.CarryLayout, in_size: int) -> cell_lib.Cell:
   """`cell` whose input carries `S` extra features `ε`, added to the carry after the step."""
   def split(x):
     return x[..., :in_size], x[..., in_size:]
@@ -102,7 +59,7 @@ def _perturbed_cell(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> 
   def apply(params, carry, x_eps, *, key=None):
     x, eps = split(x_eps)
     new, y = cell.apply(params, carry, x, key=key)
-    delta = _from_vector(layout, eps.astype(_real_dtype(layout)))
+    delta = cv.from_vector(layout, eps.astype(_real_dtype(layout)))
     new = jax.tree_util.tree_map(lambda c, d: c + d.astype(c.dtype), new, delta)
     return new, y
 
@@ -111,7 +68,7 @@ def _perturbed_cell(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> 
   return wrapped
 
 
-def _perturbed_linear(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -> cell_lib.Cell:
+def _perturbed_linear(cell: cell_lib.Cell, layout: cv.CarryLayout, in_size: int) -> cell_lib.Cell:
   """`_perturbed_cell` of a linear cell, with its recurrence (in plain form, not log space).
 
   `ε_t` enters as `b_t + ε_t`, after the step, as in `_perturbed_cell`: resets and padding
@@ -124,7 +81,7 @@ def _perturbed_linear(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -
                     "cell (one with a LinearRecurrence); use engine='sequential' for others.")
 
   def split(params, x_eps):
-    delta = _from_vector(layout, x_eps[..., in_size:].astype(_real_dtype(layout))).h
+    delta = cv.from_vector(layout, x_eps[..., in_size:].astype(_real_dtype(layout))).h
     return x_eps[..., :in_size], delta
 
   def coefficients(params, xs_eps):
@@ -141,7 +98,7 @@ def _perturbed_linear(cell: cell_lib.Cell, layout: _CarryLayout, in_size: int) -
                                     linear_lib.LinearRecurrence(coefficients, readout))
 
 
-def _real_dtype(layout: _CarryLayout):
+def _real_dtype(layout: cv.CarryLayout):
   d = layout.dtypes[0]
   return jnp.real(jnp.zeros((), d)).dtype
 
@@ -193,7 +150,7 @@ def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
   in_size = xs.shape[-1]
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
-  layout = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
+  layout = cv.layout_of(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
                    len(batch_shape))
   eps = jnp.zeros((num_steps, *batch_shape, sum(layout.sizes)), xs.dtype)
   opts = dict(lengths=lengths, resets=resets, reverse=reverse)
@@ -271,16 +228,16 @@ def jacobian_spectrum(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: An
   num_steps, batch_shape = checks.sequence_input(fn, xs, in_size)
   if carry is None:
     carry = cell.initial_carry(params, batch_shape)
-  layout = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
+  layout = cv.layout_of(jax.eval_shape(lambda p: cell.initial_carry(p, batch_shape), params),
                    len(batch_shape))
   size = sum(layout.sizes)
-  h0 = _to_vector(layout, carry, batch_shape).reshape(-1, size)
+  h0 = cv.to_vector(layout, carry, batch_shape).reshape(-1, size)
   x_flat = xs.reshape(num_steps, -1, xs.shape[-1])
-  single = _layout(jax.eval_shape(lambda p: cell.initial_carry(p, ()), params), 0)
+  single = cv.layout_of(jax.eval_shape(lambda p: cell.initial_carry(p, ()), params), 0)
 
   def step_vec(h, x):
-    new, _ = cell.apply(params, _from_vector(single, h), x)
-    return _to_vector(single, new, ())
+    new, _ = cell.apply(params, cv.from_vector(single, h), x)
+    return cv.to_vector(single, new, ())
 
   def one_sequence(h0, xs1):
     def body(state, x):

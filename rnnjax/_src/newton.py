@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnnjax._src import carry_vector as cv
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import checks, engines, newton_adjoint
 from rnnjax._src import newton_linear as lin
@@ -146,7 +147,7 @@ class _Plan(NamedTuple):
   fallback: str
 
 
-def _plan(options: Any, layout: lin.CarryLayout, num_steps: int, batch_size: int,
+def _plan(options: Any, layout: cv.CarryLayout, num_steps: int, batch_size: int,
           heads: int | None) -> _Plan:
   """`options` checked (also one made by `_replace`), with its defaults resolved.
 
@@ -169,11 +170,11 @@ def _plan(options: Any, layout: lin.CarryLayout, num_steps: int, batch_size: int
   return _Plan(full, colors, damping, tol, max_iters, fallback)
 
 
-def _steps(cell: cell_lib.Cell, layout: lin.CarryLayout):
+def _steps(cell: cell_lib.Cell, layout: cv.CarryLayout):
   """The cell's carry update on vectors: `(step1, step)`, one time step and all `T` at once."""
   def step1(params, h, x):
-    new, _ = cell.apply(params, lin.from_vector(layout, h), x)
-    return lin.to_vector(layout, new, h.shape[:-1])
+    new, _ = cell.apply(params, cv.from_vector(layout, h), x)
+    return cv.to_vector(layout, new, h.shape[:-1])
 
   return step1, jax.vmap(step1, in_axes=(None, 0, 0))
 
@@ -229,7 +230,7 @@ def _forward(step, step1, plan: _Plan, params, xs, h0, h_reset, valid, keep):
   return hs, jac, NewtonInfo(i, res, converged, fell_back)
 
 
-def _trajectory(cell: cell_lib.Cell, layout: lin.CarryLayout, plan: _Plan):
+def _trajectory(cell: cell_lib.Cell, layout: cv.CarryLayout, plan: _Plan):
   """`(params, xs, h0, h_reset, valid, keep) -> (hs, info)`, differentiated implicitly."""
   step1, step = _steps(cell, layout)
 
@@ -331,13 +332,13 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
   xs, num_steps, batch_shape, carry, lengths, resets = unroll_lib.check_sequence(
       _FN, cell, params, xs, carry, lengths, resets)
   reverse = checks.boolean(_FN, "reverse", reverse)
-  layout = lin.layout_of(carry, len(batch_shape))
+  layout = cv.layout_of(carry, len(batch_shape))
   plan = _plan(options, layout, num_steps, math.prod(batch_shape),
                getattr(engines.paths_of(cell), "jacobian_heads", None))
-  h0 = lin.to_vector(layout, carry, batch_shape)
+  h0 = cv.to_vector(layout, carry, batch_shape)
   h_reset = jnp.zeros_like(h0)
   if resets is not None:
-    h_reset = lin.to_vector(layout, cell.initial_carry(params, batch_shape), batch_shape)
+    h_reset = cv.to_vector(layout, cell.initial_carry(params, batch_shape), batch_shape)
 
   xs, valid, resets, idx = unroll_lib.time_masks(xs, num_steps, batch_shape, lengths, resets,
                                                  reverse)
@@ -351,7 +352,7 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
   hs, info = _trajectory(cell, layout, plan)(params, xs, h0, h_reset, all_valid, keep)
   h_prev = jnp.concatenate([h0[None], hs[:-1]])
   h_in = jnp.where(lin.expand(all_valid & ~keep, hs), h_reset, h_prev)
-  _, ys = jax.vmap(lambda h, x: cell.apply(params, lin.from_vector(layout, h), x))(h_in, xs)
+  _, ys = jax.vmap(lambda h, x: cell.apply(params, cv.from_vector(layout, h), x))(h_in, xs)
   if valid is not None:
     ys = jax.tree_util.tree_map(
         lambda y: jnp.where(lin.expand(valid, y), y, jnp.zeros_like(y)), ys)
@@ -359,5 +360,5 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
     ys = unroll_lib._take_time(ys, idx)
   elif reverse:
     ys = jax.tree_util.tree_map(lambda y: y[::-1], ys)
-  final = lin.from_vector(layout, hs[-1])
+  final = cv.from_vector(layout, hs[-1])
   return (ys, final, info) if return_info else (ys, final)
