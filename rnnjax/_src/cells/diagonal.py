@@ -167,7 +167,7 @@ def diagonal_gru(hidden_size: int, *, use_bias: bool = True, kernel_init: Any = 
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from rnnjax._src.cells.diagonal import diagonal_gru
+    >>> from rnnjax import diagonal_gru
     >>> cell = diagonal_gru(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)
     >>> carry, y = cell.apply(params, cell.initial_carry(params, (2,)), jnp.ones((2, 3)))
@@ -249,7 +249,7 @@ def diagonal_lstm(hidden_size: int, *, use_bias: bool = True, kernel_init: Any =
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from rnnjax._src.cells.diagonal import diagonal_lstm
+    >>> from rnnjax import diagonal_lstm
     >>> cell = diagonal_lstm(4)
     >>> params = cell.init(jax.random.key(0), input_size=3)
     >>> carry, y = cell.apply(params, cell.initial_carry(params, (2,)), jnp.ones((2, 3)))

@@ -126,7 +126,7 @@ def slstm(hidden_size: int, *, heads: int = 1, forget_gate: str = "sigmoid",
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from rnnjax._src.cells.slstm import slstm
+    >>> from rnnjax import slstm
     >>> cell = slstm(8, heads=2)
     >>> params = cell.init(jax.random.key(0), input_size=3)
     >>> carry, y = cell.apply(params, cell.initial_carry(params, (5,)), jnp.ones((5, 3)))
