@@ -179,3 +179,15 @@ def test_newton_runs_every_built_in_cell(name):
   np.testing.assert_allclose(ys, want, rtol=1e-4, atol=1e-5)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          carry, want_carry)
+
+
+def test_a_stacks_dropout_with_a_key_is_refused_by_whole_sequence_engines_in_unroll():
+  cell = rnnjax.stack([rnnjax.mingru(H), rnnjax.mingru(H)], dropout=0.5)
+  params = _params(cell)
+  for engine in ("parallel", "newton"):
+    with pytest.raises(ValueError, match=r"^rnnjax\.unroll: the stack's dropout \(a `key`\) "
+                       rf"runs step by step, but engine='{engine}'"):
+      rnnjax.unroll(cell, params, XS, key=jax.random.key(0), engine=engine)
+  ys, _ = rnnjax.unroll(cell, params, XS, key=jax.random.key(0), engine="auto")  # steps
+  want, _ = rnnjax.unroll(cell, params, XS, key=jax.random.key(0))
+  np.testing.assert_allclose(ys, want, rtol=1e-6, atol=1e-6)

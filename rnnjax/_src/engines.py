@@ -91,6 +91,12 @@ def is_linear(cell: Any) -> bool:
   return recurrence_of(cell) is not None or linear_layers(cell) is not None
 
 
+def has_dropout(cell: Any) -> bool:
+  """Whether `cell` is a stack with dropout between its layers (active given a key)."""
+  paths = paths_of(cell)
+  return paths is not None and paths.layers is not None and paths.dropout > 0.0
+
+
 def sequence_kernel(cell: Any) -> Callable[..., Any] | None:
   """The whole-sequence kernel `unroll` runs for `cell`, or None (see `FastPaths.sequence`)."""
   paths = paths_of(cell)
@@ -303,8 +309,7 @@ def engine_plan(cell: Any, engine: str = "auto", *, num_steps: int | None = None
     'parallel'
   """
   engine = check_name(_FN, engine)  # Options (rnnjax.Newton) plan as their engine.
-  layers = getattr(paths_of(cell), "layers", None)
-  dropout_key = key is not None and layers is not None and paths_of(cell).dropout > 0.0
+  dropout_key = key is not None and has_dropout(cell)
   require(_FN, cell, engine, tbptt=tbptt, dropout_key=dropout_key, remat=remat)
   if engine == "auto":
     stepwise = tbptt is not None or dropout_key or remat is not False

@@ -60,12 +60,13 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
       predictions and the loss are NaN. Steps at or past `lengths` are never read
       and may hold any id (pipelines pad with -1 or `vocab_size`).
     embed_size: the embedding size for token inputs.
-    engine: how a linear core (a linear cell or a stack of them) runs over time:
-      `"auto"` (`rnnjax.auto_engine`'s choice for the backend and `T`; `unroll`
-      for every other core), `"sequential"` (always `unroll`), or `"parallel"` /
-      `"chunked"` (`parallel_unroll`; the core must be linear). The engines give
-      the same answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a
-      `key`) run sequentially: `"auto"` falls back, `"parallel"`/`"chunked"` refuse.
+    engine: how the core runs over time (`rnnjax.ENGINES`, as in `rnnjax.unroll`):
+      `"auto"` (for a linear core, `rnnjax.auto_engine`'s choice for the backend and
+      `T`; `unroll` for every other core), `"sequential"` (always `unroll`),
+      `"parallel"` / `"chunked"` (`parallel_unroll`; the core must be linear), or
+      `"newton"` / `rnnjax.Newton(...)` (any cell core). The engines give the same
+      answers. Truncated BPTT (`tbptt`) and a stack's dropout (with a `key`) run
+      sequentially: `"auto"` falls back, the whole-sequence engines refuse.
     dtype: the compute dtype of the embedding and the read-out, as the cells'
       `dtype` (`jnp.bfloat16` for mixed precision: build the core's cells with it
       too). The read-out accumulates in float32 (or wider) and returns `preds` in
@@ -112,7 +113,6 @@ def sequence_model(core: cell_lib.Cell | layers.Layer, *, input_size: int, outpu
   else:
     core_in = checks.positive_int(fn, "input_size", input_size)
   prec = precision.policy(fn, dtype, param_dtype)
-  engines.check_name(fn, engine)
   engines.require(fn, core, engines.check_name(fn, engine), arg="core")
   num_steps = readout_lib.check(fn, readout, num_steps, core)
 
@@ -251,11 +251,10 @@ def model_engine(core: cell_lib.Cell | layers.Layer, engine: str, *, tbptt: int 
   `apply`) or the engine handed to `parallel_unroll` (`"auto"`, resolved there
   per backend and `T`, `"parallel"` or `"chunked"`). Truncated BPTT and a
   stack's dropout (active when a key is given) run step by step: `"auto"` falls
-  back, `"parallel"`/`"chunked"` raise a ValueError.
+  back, the whole-sequence engines (parallel, chunked, newton) raise a ValueError.
   """
   name = engines.check_name(fn, engine)
-  paths = engines.paths_of(core)
-  dropout = key_given and paths is not None and paths.dropout > 0.0
+  dropout = key_given and engines.has_dropout(core)
   engines.require(fn, core, name, arg="core", tbptt=tbptt, dropout_key=dropout)
   if tbptt is not None or dropout or name == "sequential" or (
       name == "auto" and not engines.is_linear(core)):

@@ -182,7 +182,7 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
            lengths: jax.Array | None = None, resets: jax.Array | None = None,
            reverse: bool = False, unroll: int | bool = 1, remat: int | bool = False,
            key: jax.Array | None = None, fused: bool = True,
-           time_major: bool = True, engine: str = "sequential") -> tuple[Any, Any]:
+           time_major: bool = True, engine: Any = "sequential") -> tuple[Any, Any]:
   """Runs `cell` over the time axis of `xs`; returns `(ys, final_carry)`.
 
   Type signature, with `c` the carry, `x` one step of input and `y` one output::
@@ -278,7 +278,8 @@ def unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = None, *
       _FN, cell, params, xs, carry, lengths, resets)
   if engine != "sequential":
     name = engines.check_name(_FN, engine)
-    engines.require(_FN, cell, name, remat=remat)
+    engines.require(_FN, cell, name, remat=remat,
+                    dropout_key=key is not None and engines.has_dropout(cell))
     if name == "auto" and unroll != 1:
       engine = name = "sequential"
     chosen = engines.engine_plan(cell, engine, num_steps=num_steps, key=key, remat=remat,
