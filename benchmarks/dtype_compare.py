@@ -16,9 +16,9 @@ import argparse
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
-import time
+
+import _runs  # benchmarks/_runs.py, beside this script
 
 DTYPES = ("float32", "bfloat16")
 
@@ -26,22 +26,13 @@ DTYPES = ("float32", "bfloat16")
 def train(task: str, cell: str, dtype: str, seed: int, args: argparse.Namespace) -> dict:
   """One `rnnjax train` run in a subprocess; its summary's test metric (or the failure)."""
   out = pathlib.Path(args.out) / f"{task}-{cell}-{dtype}-{seed}"
-  flags = ["train", "--task", task, "--cell", cell, "--dtype", dtype, "--seed", str(seed),
-           "--out", str(out), "--overwrite", "--no-plots", "--quiet", *args.extra]
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "rnnjax", *flags], capture_output=True,
-                        text=True, check=False)
-  row = {"task": task, "cell": cell, "dtype": dtype, "seed": seed, "exit_code": proc.returncode,
-         "process_s": round(time.perf_counter() - start, 1), "command": "rnnjax " + " ".join(flags)}
-  summary = out / "summary.json"
-  if proc.returncode == 0 and summary.exists():
-    s = json.loads(summary.read_text())
+  flags = ["--task", task, "--cell", cell, "--dtype", dtype, "--seed", str(seed), *args.extra]
+  run, s = _runs.rnnjax_train(flags, out)
+  row = {"task": task, "cell": cell, "dtype": dtype, "seed": seed, **run}
+  if s is not None:
     metric = s["metric"]
     row.update(status="ok", metric=metric, value=s["best"]["test"][metric],
                baseline=s["baselines"]["test"], steps=s["steps"], best_step=s["best"]["step"])
-  else:
-    row.update(status={3: "diverged"}.get(proc.returncode, "failed"),
-               stderr_tail=proc.stderr.strip().splitlines()[-3:])
   return row
 
 

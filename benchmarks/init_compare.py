@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
-import time
+
+import _runs  # benchmarks/_runs.py, beside this script
 
 TASKS = ("co2", "sunspots", "adding", "copy", "text")
 CELLS = ("lstm", "gru", "elman", "mgu")
@@ -39,30 +38,18 @@ ADDING_LENGTH = 50
 def train(task: str, cell: str, init: str, seed: int, args: argparse.Namespace) -> dict:
   """One `rnnjax train --init INIT` run in a subprocess; its summary's test metric (or failure)."""
   out = pathlib.Path(args.out) / f"{task}-{cell}-{init}-{seed}"
-  flags = ["train", "--task", task, "--cell", cell, "--init", init, "--seed", str(seed),
-           "--out", str(out), "--overwrite", "--no-plots", "--quiet"]
+  flags = ["--task", task, "--cell", cell, "--init", init, "--seed", str(seed)]
   if args.steps:
     flags += ["--steps", str(args.steps)]
   if task == "adding":
     flags += ["--length", str(args.length)]
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "rnnjax.cli", *flags], capture_output=True,
-                        text=True, env=env, check=False)
-  row = {"task": task, "cell": cell, "init": init, "seed": seed, "exit_code": proc.returncode,
-         "process_s": round(time.perf_counter() - start, 1), "command": f"rnnjax {' '.join(flags)}"}
-  summary = out / "summary.json"
-  if proc.returncode == 0 and summary.exists():
-    s = json.loads(summary.read_text())
+  run, s = _runs.rnnjax_train(flags, out)
+  row = {"task": task, "cell": cell, "init": init, "seed": seed, **run}
+  if s is not None:
     metric = s["metric"]
     row.update(status="ok", metric=metric, value=s["best"]["test"][metric],
                final=s["final"]["test"][metric], baseline=s["baselines"]["test"],
                steps=s["steps"], best_step=s["best"]["step"], backend=s["backend"])
-  else:
-    row.update(status={3: "diverged"}.get(proc.returncode, "failed"),
-               stderr_tail=proc.stderr.strip().splitlines()[-3:])
   return row
 
 

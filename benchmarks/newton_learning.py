@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
 import sys
-import time
+
+import _runs  # benchmarks/_runs.py, beside this script
 
 TASKS = ("adding", "text")
 CELLS = ("diagonal_gru", "slstm")
@@ -81,28 +80,15 @@ def _records(path: pathlib.Path) -> tuple[list[dict], float | None]:
 def train(task: str, cell: str, engine: str, hidden: int, steps: int,
           out: pathlib.Path) -> dict:
   """Runs `rnnjax train` in a subprocess; returns one JSON row (or the failure)."""
-  args = ["train", "--task", task, "--cell", cell, "--engine", engine, "--seed", "0",
-          "--hidden", str(hidden), "--steps", str(steps), "--eval-every", "0"]
+  flags = ["--task", task, "--cell", cell, "--engine", engine, "--seed", "0",
+           "--hidden", str(hidden), "--steps", str(steps), "--eval-every", "0"]
   if task == "text":
-    args += ["--window", str(TEXT_WINDOW)]
-  command = [sys.executable, "-m", "rnnjax.cli", *args, "--out", str(out), "--overwrite",
-             "--no-plots", "--quiet"]
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
-  start = time.perf_counter()
-  proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    flags += ["--window", str(TEXT_WINDOW)]
+  run, summary = _runs.rnnjax_train(flags, out)
   row = {"task": task, "cell": cell, "engine": engine, "hidden": hidden, "steps": steps,
-         "command": "rnnjax " + " ".join(args), "exit_code": proc.returncode,
-         "process_s": round(time.perf_counter() - start, 2), "out": str(out)}
-  path = out / "summary.json"
-  if proc.returncode != 0 or not path.exists():
-    status = {3: "diverged", 130: "interrupted"}.get(proc.returncode, "failed")
-    row.update(status=status, stderr_tail=proc.stderr.strip().splitlines()[-3:])
-    print(f"  {task}/{cell}/{engine}: rnnjax train exited with code {proc.returncode}:\n"
-          + "\n".join("    " + line for line in row["stderr_tail"]), file=sys.stderr)
+         **run, "out": str(out)}
+  if summary is None:
     return row
-  summary = json.loads(path.read_text())
   records, rate = _records(out / "metrics.jsonl")
   best, metric = summary["best"], summary["metric"]
   row.update(status="ok", metric=metric, val=best["val"][metric], test=best["test"][metric],
@@ -249,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # The table is still worth printing.
           row["probe"] = {"error": f"{type(err).__name__}: {err}"[:200]}
     rows.append(row)
-    print(json.dumps(row), flush=True)
-    if args.json_out:
-      with open(args.json_out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    _runs.emit(row, args.json_out)
   print()
   print(table(rows))
   return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
-import time
+
+import _runs  # benchmarks/_runs.py, beside this script
 
 from rnnjax import tasks
 
@@ -35,23 +34,11 @@ SEEDS = (0, 1, 2)
 
 def train(name: str, seed: int, cell: str, out: pathlib.Path) -> dict:
   """Runs `rnnjax train` on `uea:NAME` in a subprocess; returns one JSON row."""
-  args = ["train", "--task", f"uea:{name}", "--cell", cell, "--seed", str(seed)]
-  command = [sys.executable, "-m", "rnnjax.cli", *args, "--out", str(out), "--overwrite",
-             "--no-plots", "--quiet"]
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
-  start = time.perf_counter()
-  proc = subprocess.run(command, capture_output=True, text=True, env=env)
-  row = {"dataset": name, "seed": seed, "cell": cell, "command": "rnnjax " + " ".join(args),
-         "exit_code": proc.returncode, "process_s": round(time.perf_counter() - start, 2)}
-  path = out / "summary.json"
-  if proc.returncode != 0 or not path.exists():
-    row.update(status="failed", stderr_tail=proc.stderr.strip().splitlines()[-3:])
-    print(f"  {name} seed {seed}: rnnjax train exited with code {proc.returncode}:\n"
-          + "\n".join("    " + line for line in row["stderr_tail"]), file=sys.stderr)
+  run, summary = _runs.rnnjax_train(
+      ["--task", f"uea:{name}", "--cell", cell, "--seed", str(seed)], out)
+  row = {"dataset": name, "seed": seed, "cell": cell, **run}
+  if summary is None:
     return row
-  summary = json.loads(path.read_text())
   best, config = summary["best"], summary["config"]
   row.update(status="ok", test_accuracy=best["test"]["accuracy"],
              val_accuracy=best["val"]["accuracy"], best_step=best["step"],
@@ -121,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
       row = train(name, seed, args.cell, pathlib.Path(args.out) / f"{name}-{args.cell}-{seed}")
       rows.append(row)
-      print(json.dumps(row), flush=True)
-      if args.json_out:
-        with open(args.json_out, "a") as f:
-          f.write(json.dumps(row) + "\n")
+      _runs.emit(row, args.json_out)
   print()
   print(table(rows))
   return 0 if all(r["status"] == "ok" for r in rows) else 1
