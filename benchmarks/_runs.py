@@ -46,9 +46,20 @@ def rnnjax_train(flags: list[str], out: pathlib.Path) -> tuple[dict[str, Any], d
   return row, None
 
 
-def emit(row: dict[str, Any], json_out: str | None) -> None:
+def append_row(row: dict[str, Any], path: str | os.PathLike | None) -> None:
+  """Appends `row` to the JSON-lines file `path` (nothing if None)."""
+  if path:
+    with open(path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def emit(row: dict[str, Any], json_out: str | os.PathLike | None) -> None:
   """Prints `row` as one JSON line, and appends it to `json_out` if given."""
   print(json.dumps(row), flush=True)
-  if json_out:
-    with open(json_out, "a") as f:
-      f.write(json.dumps(row) + "\n")
+  append_row(row, json_out)
+
+
+def read_rows(paths: list[str]) -> list[dict[str, Any]]:
+  """The rows of the JSON-lines files `paths` (a script's `--table`), in order."""
+  return [json.loads(line) for path in paths
+          for line in pathlib.Path(path).read_text().splitlines() if line.strip()]

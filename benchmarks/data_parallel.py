@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+import _runs  # benchmarks/_runs.py, beside this script
+
 LABEL = "simulated devices on one CPU: measures overhead, not real scaling"
 
 
@@ -147,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
            "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "load_avg_1m": [min(loads), max(loads)], "label": LABEL}
     results.append(row)
-    print(json.dumps(row), flush=True)
-    if args.json_out:
-      with open(args.json_out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    _runs.emit(row, args.json_out)
 
   print(f"\n{LABEL.upper()}")
   print(f"LSTM H={args.hidden}, adding problem T={args.length}, global batch {args.batch}, "

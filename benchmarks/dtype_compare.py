@@ -13,7 +13,6 @@ the test metric's mean over seeds (each seed's value beside it) and the wall tim
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -68,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of earlier runs' results.jsonl")
   args, args.extra = parser.parse_known_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
     print(table(rows))
     return 0
   results = pathlib.Path(args.out) / "results.jsonl"
@@ -79,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in DTYPES:  # interleaved: both contenders see the same machine load
       row = train(args.task, args.cell, dtype, seed, args)
       rows.append(row)
-      print(json.dumps(row), flush=True)
-      with results.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+      _runs.emit(row, results)
   print(table(rows))
   return 0
 

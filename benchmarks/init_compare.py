@@ -20,7 +20,6 @@ Every task's metric is lower-better (RMSE, MSE, cross-entropy, bits per characte
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of earlier runs' results.jsonl")
   args = parser.parse_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
     print(table(rows))
     return 0
   results = pathlib.Path(args.out) / "results.jsonl"
@@ -111,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for init in INITS:  # interleaved: both contenders see the same machine load
           row = train(task, cell, init, seed, args)
           rows.append(row)
-          print(json.dumps(row), flush=True)
-          with results.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+          _runs.emit(row, results)
   print(table(rows))
   return 0
 

@@ -25,13 +25,11 @@ such, not retried: the same budget for every cell is the point.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 
+import _runs  # benchmarks/_runs.py, beside this script
 import jax
 
 import rnnjax
@@ -95,24 +93,13 @@ def match_hidden(cell: str, target: int, task, max_hidden: int) -> tuple[int, in
 def train(task: str, cell: str, hidden: int, config: dict, out: pathlib.Path,
           length: int) -> dict:
   """Runs `rnnjax train` in a subprocess; returns its summary (or the failure)."""
-  args = ["train", "--task", task, "--cell", cell, "--hidden", str(hidden),
-          "--steps", str(config["steps"]), "--batch-size", str(config["batch_size"]),
-          "--lr", str(config["lr"]), "--seed", str(config["seed"]), "--out", str(out),
-          "--overwrite", "--no-plots", "--quiet"]
+  flags = ["--task", task, "--cell", cell, "--hidden", str(hidden),
+           "--steps", str(config["steps"]), "--batch-size", str(config["batch_size"]),
+           "--lr", str(config["lr"]), "--seed", str(config["seed"])]
   if task == "adding":
-    args += ["--length", str(length)]
-  command = [sys.executable, "-m", "rnnjax.cli", *args]
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
-  start = time.perf_counter()
-  proc = subprocess.run(command, capture_output=True, text=True, env=env)
-  elapsed = time.perf_counter() - start
-  row = {"command": "rnnjax " + " ".join(args), "exit_code": proc.returncode,
-         "process_s": round(elapsed, 2)}
-  summary_path = out / "summary.json"
-  if proc.returncode == 0 and summary_path.exists():
-    summary = json.loads(summary_path.read_text())
+    flags += ["--length", str(length)]
+  row, summary = _runs.rnnjax_train(flags, out)
+  if summary is not None:
     metric = summary["metric"]
     # The reported model is the one rnnjax train picked by the validation metric.
     best = summary["best"]
@@ -122,11 +109,7 @@ def train(task: str, cell: str, hidden: int, config: dict, out: pathlib.Path,
                num_params=summary["num_params"], metrics=best["test"],
                backend=summary["backend"], jax=summary["jax"])
   else:
-    status = {3: "diverged", 130: "interrupted"}.get(proc.returncode, "failed")
-    row.update(status=status, steps=config["steps"], backend="?",
-               stderr_tail=proc.stderr.strip().splitlines()[-3:])
-    print(f"  {task}/{cell}: rnnjax train exited with code {proc.returncode} ({status}):\n"
-          + "\n".join("    " + line for line in row["stderr_tail"]), file=sys.stderr)
+    row.update(steps=config["steps"], backend="?")
   return row
 
 
@@ -169,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of runs written by --json-out")
   args = parser.parse_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
     print(table(rows))
     return 0
   steps = _steps_overrides(args.steps)
@@ -212,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {cell:8s} {row['metric']} {_fmt(row['value'])} (baseline "
               f"{_fmt(row['baseline'])}) in {row['wall_s']:.0f} s", flush=True)
       rows.append(row)
-      if args.json_out:
-        with open(args.json_out, "a") as f:
-          f.write(json.dumps(row) + "\n")
+      _runs.append_row(row, args.json_out)
   print()
   print(table(rows))
   print(f"\nlinear_learning: {len(rows)} runs in {time.perf_counter() - start:.0f} s", flush=True)

@@ -22,9 +22,9 @@ their grid: T from 1k to 100k, S from 1 to 256.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+import _runs  # benchmarks/_runs.py, beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,11 +125,8 @@ def main(argv: list[str] | None = None) -> None:
       for jacobian in args.jacobian:
         row = measure(args.cell, num_steps, size, args.batch, args.inputs, jacobian,
                       args.repeats, tuple(args.modes))
-        print(json.dumps(row), flush=True)
         rows.append(row)
-        if args.json_out:
-          with open(args.json_out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _runs.emit(row, args.json_out)
   print()
   print(table(rows))
 

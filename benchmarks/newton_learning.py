@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of runs written by --json-out")
   args = parser.parse_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
     print(table(rows))
     return 0
   if args.json_out:

@@ -19,7 +19,6 @@ Needs aeon (`pip install "rnnjax[uea]"`).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -93,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of runs written by --json-out")
   args = parser.parse_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
     print(table(rows))
     return 0
   unknown = [n for n in args.datasets if n not in tasks.UEA_DATASETS]

@@ -22,13 +22,13 @@ Needs aeon (`pip install "rnnjax[uea]"`).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
 import time
 from typing import Any
 
+import _runs  # benchmarks/_runs.py, beside this script
 import jax
 
 import rnnjax
@@ -143,10 +143,7 @@ def tune(names: list[str], dataset: str, json_out: str | None) -> list[dict]:
                **run_one(config, built, task_of[split_seed], seed),
                "changes": GRID[name]}
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if json_out:
-          with open(json_out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _runs.emit(row, json_out)
   return rows
 
 
@@ -192,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="train nothing: print the table of runs written by --json-out")
   args = parser.parse_args(argv)
   if args.table:
-    rows = [json.loads(line) for path in args.table
-            for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = _runs.read_rows(args.table)
   else:
     if args.json_out:
       pathlib.Path(args.json_out).write_text("")
