@@ -25,7 +25,7 @@ from rnnjax._src.cells.diagonal import (
     diagonal_lstm,
 )
 from rnnjax._src.cells.lstm import LSTMState
-from tests import reference
+from tests import helpers, reference
 
 T, B, I, H = 6, 3, 4, 5
 RTOL, ATOL = 2e-5, 2e-6  # float32 against the float64 reference
@@ -97,11 +97,6 @@ def _unroll(cell, params, xs, carry, lengths=None, resets=None, reverse=False):
   return rnnjax.unroll(cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse)
 
 
-def _params(cell, rng, scale=0.5):
-  """Random params (non-zero biases) with the structure, shapes and dtype of `cell.init`."""
-  shapes = jax.eval_shape(lambda key: cell.init(key, I), jax.random.key(0))
-  return jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.normal(scale=scale, size=s.shape), s.dtype), shapes)
 
 
 def _carry(cell, params, rng, dtype=jnp.float32):
@@ -125,7 +120,7 @@ def _resets():
 @pytest.mark.parametrize("name", NAMES)
 def test_unroll_matches_reference(name, rng):
   cell = _cell(name)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   xs = jnp.asarray(rng.normal(size=(T, B, I)), jnp.float32)
   carry = _carry(cell, params, rng)
   ys, final = _unroll(cell, params, xs, carry)
@@ -142,7 +137,7 @@ def test_unroll_matches_reference(name, rng):
 def test_lengths_resets_and_reverse(name, reverse, rng):
   """Padded steps keep the carry; a reset restarts from zeros; reverse runs valid steps."""
   cell = _cell(name)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   xs = np.asarray(rng.normal(size=(T, B, I)), np.float32)
   lengths = np.array([T, 4, 0], np.int32)
   xs[4:, 1] = np.nan  # padding never reaches the arithmetic
@@ -172,7 +167,7 @@ def _carry_jacobian(cell, params, carry, x):
 def test_carry_jacobian_is_diagonal_per_state(name, rng):
   """GRU: a diagonal `[H, H]`; LSTM: `[[∂h'/∂h, ∂h'/∂c], [∂c'/∂h, ∂c'/∂c]]`, each diagonal."""
   cell = _cell(name)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   carry = jax.tree_util.tree_map(lambda a: a[0], _carry(cell, params, rng))
   x = jnp.asarray(rng.normal(size=(I,)), jnp.float32)
   jac = np.asarray(_carry_jacobian(cell, params, carry, x))
@@ -214,7 +209,7 @@ def central_differences(loss, args, grads, rng, picks=2, eps=1e-6):
 def test_gradients_match_central_differences(name, rng):
   with jax.enable_x64(True):
     cell = _cell(name, jnp.float64)
-    params = _params(cell, rng)
+    params = helpers.random_params(cell, rng, I)
     assert all(leaf.dtype == jnp.float64 for leaf in jax.tree_util.tree_leaves(params))
     xs = jnp.asarray(rng.normal(size=(T, B, I)), jnp.float64)
     carry = _carry(cell, params, rng, jnp.float64)
@@ -275,7 +270,7 @@ def test_init_values(which):
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_compute_keeps_a_float32_carry(name, rng):
   cell = FACTORIES[name](H, dtype=jnp.bfloat16)
-  params = _params(_cell(name), rng)
+  params = helpers.random_params(_cell(name), rng, I)
   xs = jnp.asarray(rng.normal(size=(T, B, I)), jnp.float32)
   carry = _carry(cell, params, rng)
   ys, final = _unroll(cell, params, xs, carry)

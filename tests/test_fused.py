@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import rnnjax
+from tests import helpers
 from tests import reference as ref
 
 T, B, I, H = 6, 3, 4, 5
@@ -56,14 +57,6 @@ def _rtol(name: str) -> float:
 _CELL_OBJECTS = {name: make() for name, make in CELLS.items()}
 
 
-def _max_rel(ref, got) -> float:
-  """Largest `|ref - got| / max|ref|` over the leaves (the scale of each leaf)."""
-  errs = []
-  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape
-    errs.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
-  return max(errs)
 
 
 def _perturbed_params(cell, seed: int):
@@ -154,10 +147,11 @@ def test_fast_path_equals_plain_autodiff(name, seed, zero_carry, lengths, resets
   rtol = _rtol(name)
   for variant in _variants(name):
     want, got = results[(*variant, False)], results[(*variant, True)]
-    assert _max_rel(want[0], got[0]) <= rtol, variant  # outputs and final carry
+    assert helpers.max_rel(want[0], got[0]) <= rtol, variant  # outputs and final carry
     for want_g, got_g in zip(want[1], got[1], strict=True):  # d params, d xs, d carry
-      assert _max_rel(want_g, got_g) <= rtol, variant
-    assert _max_rel(want[2], got[2]) <= rtol, variant  # forward mode: d outputs, d final carry
+      assert helpers.max_rel(want_g, got_g) <= rtol, variant
+    # forward mode: d outputs, d final carry
+    assert helpers.max_rel(want[2], got[2]) <= rtol, variant
 
 
 def _uses_fast_path(cell, params, xs, **kwargs) -> bool:
@@ -217,8 +211,8 @@ def test_stack_with_dropout_and_a_key_equals_the_generic_path():
     return outs
 
   for got, generic, no_dropout in run(params, xs, jax.random.key(15)):
-    assert _max_rel(generic, got) <= RTOL
-    assert _max_rel(no_dropout[0], got[0]) > 0.1  # the dropout was applied
+    assert helpers.max_rel(generic, got) <= RTOL
+    assert helpers.max_rel(no_dropout[0], got[0]) > 0.1  # the dropout was applied
 
 
 def test_gru_reset_before_with_resets_equals_the_numpy_equations():
@@ -284,8 +278,8 @@ def test_any_number_of_batch_axes(batch_shape):
              jax.grad(loss, (0, 1))(p, x, fused)) for fused in (False, True)]
 
   (ref_out, ref_grads), (out, grads) = both(params, xs)
-  assert _max_rel(ref_out, out) <= RTOL
-  assert _max_rel(ref_grads, grads) <= RTOL
+  assert helpers.max_rel(ref_out, out) <= RTOL
+  assert helpers.max_rel(ref_grads, grads) <= RTOL
 
 
 def test_vmap_over_the_fast_path_equals_a_loop():
@@ -297,7 +291,7 @@ def test_vmap_over_the_fast_path_equals_a_loop():
   generic = jax.jit(jax.grad(lambda p, x: jnp.sum(rnnjax.unroll(cell, p, x, fused=False)[0] ** 2)))
   looped = [generic(params, x) for x in xs]
   for i, one in enumerate(looped):
-    assert _max_rel(one, jax.tree_util.tree_map(lambda a, i=i: a[i], batched)) <= RTOL
+    assert helpers.max_rel(one, jax.tree_util.tree_map(lambda a, i=i: a[i], batched)) <= RTOL
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru_reset_before"])

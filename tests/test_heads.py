@@ -20,7 +20,7 @@ import pytest
 
 import rnnjax
 from rnnjax.interop import pytorch
-from tests import reference
+from tests import helpers, reference
 
 T, B, I, H = 6, 3, 3, 8
 TOL = 1e-5  # float32 against the float64 reference
@@ -71,11 +71,6 @@ def dense_w_h(w_h, gates: int) -> np.ndarray:
   return dense
 
 
-def _params(cell, rng, scale=0.5):
-  """Params of `cell`'s shapes drawn `N(0, scale²)`, biases included (so their layout shows)."""
-  shapes = jax.eval_shape(lambda key: cell.init(key, I), jax.random.key(0))
-  return jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.normal(scale=scale, size=s.shape), s.dtype), shapes)
 
 
 def _carry(name, cell, params, rng):
@@ -112,7 +107,7 @@ def _close(actual, expected, tol=TOL):
 def test_unroll_matches_the_dense_block_diagonal_reference(name, heads, reverse, rng):
   v = VARIANTS[name]
   cell = _cell(name, heads)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   d = H // heads
   assert params.w_h.shape == (heads, d, v.gates * d)
   xs = np.array(rng.normal(size=(T, B, I)), np.float32)
@@ -136,7 +131,7 @@ def test_float64_matches_the_reference_closely(name, rng):
   v = VARIANTS[name]
   with jax.enable_x64(True):
     cell = _cell(name, 2, jnp.float64)
-    params = _params(cell, rng)
+    params = helpers.random_params(cell, rng, I)
     assert all(leaf.dtype == jnp.float64 for leaf in jax.tree_util.tree_leaves(params))
     xs = jnp.asarray(rng.normal(size=(T, B, I)))
     carry = _carry(name, cell, params, rng)
@@ -152,7 +147,7 @@ def test_gradients_equal_the_dense_cells_on_the_blocks(name, rng):
   """d loss / d w_h of the head-wise cell is the dense cell's gradient read on the blocks."""
   v = VARIANTS[name]
   cell, dense_cell = _cell(name, 2), _cell(name, 1)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   dense = params._replace(w_h=jnp.asarray(dense_w_h(params.w_h, v.gates), jnp.float32))
   xs = jnp.asarray(rng.normal(size=(T, B, I)), jnp.float32)
 
@@ -205,7 +200,7 @@ def _block_mask(heads):
 @pytest.mark.parametrize("name", ["elman", "gru", "gru_before_nobias"])
 def test_step_jacobian_is_block_diagonal(name, heads, rng):
   cell = _cell(name, heads)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   x = jnp.asarray(rng.normal(size=(I,)), jnp.float32)
   h = jnp.asarray(rng.normal(size=(H,)), jnp.float32)
   jac = np.asarray(jax.jit(jax.jacfwd(
@@ -223,7 +218,7 @@ def test_step_jacobian_is_block_diagonal(name, heads, rng):
 @pytest.mark.parametrize("heads", HEADS)
 def test_lstm_jacobian_of_h_and_c_is_block_diagonal(heads, rng):
   cell = _cell("lstm", heads)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   x = jnp.asarray(rng.normal(size=(I,)), jnp.float32)
   h, c = (jnp.asarray(rng.normal(size=(H,)), jnp.float32) for _ in range(2))
 
@@ -243,7 +238,7 @@ def test_lstm_jacobian_of_h_and_c_is_block_diagonal(heads, rng):
 def test_dense_cell_jacobian_is_not_block_diagonal(rng):
   """The check above is not vacuous: the dense cell mixes the heads' units."""
   cell = _cell("gru", 1)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   x = jnp.asarray(rng.normal(size=(I,)), jnp.float32)
   h = jnp.asarray(rng.normal(size=(H,)), jnp.float32)
   jac = np.asarray(jax.jacfwd(lambda h: cell.apply(params, rnnjax.HiddenState(h), x)[0].h)(h))
@@ -272,7 +267,7 @@ def test_init_is_orthogonal_per_head_and_gate(name):
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_mixed_precision(name, rng):
   cell, full = _cell(name, 2, jnp.bfloat16), _cell(name, 2)
-  params = _params(full, rng)
+  params = helpers.random_params(full, rng, I)
   assert cell.init(jax.random.key(0), I).w_h.dtype == jnp.float32
   xs = jnp.asarray(rng.normal(size=(T, B, I)), jnp.float32)
   run = jax.jit(rnnjax.unroll, static_argnums=0)

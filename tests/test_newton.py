@@ -28,6 +28,7 @@ from rnnjax._src import carry_vector
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import newton as newton_lib
 from rnnjax._src.newton import Newton, NewtonInfo, newton_unroll
+from tests import helpers
 
 T, B, I, H = 10, 3, 3, 4
 RTOL = {jnp.float32: 1e-4, jnp.float64: 1e-9}
@@ -85,13 +86,6 @@ CELL_RUNS = {"elman": (("full", False), ("diagonal", True)),
              "tuple": (("full", False), ("diagonal_damped", True))}
 
 
-def _max_rel(ref, got) -> float:
-  errs = []
-  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    errs.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
-  return max(errs)
 
 
 def _run(cell, options, reverse, params, xs, carry, lengths, resets, weights):
@@ -146,9 +140,9 @@ def _assert_equal_sequential(results, runs, rtol):
     ref_out, ref_grads, _ = results[("sequential", rev)]
     out, grads, info = results[(opt, rev)]
     assert bool(info.converged) and not bool(info.fell_back), (opt, rev, info)
-    assert _max_rel(ref_out, out) <= rtol, (opt, rev)
+    assert helpers.max_rel(ref_out, out) <= rtol, (opt, rev)
     for ref_g, g in zip(ref_grads, grads, strict=True):
-      assert _max_rel(ref_g, g) <= rtol, (opt, rev)
+      assert helpers.max_rel(ref_g, g) <= rtol, (opt, rev)
 
 
 _EXAMPLES = settings(max_examples=3, derandomize=True, database=None, deadline=None)
@@ -188,7 +182,7 @@ def test_time_major_false_and_complex_carry():
       params, xs)
   ref = rnnjax.unroll(cell, params, xs, **opts)
   assert int(info.iterations) == 1 and bool(info.converged)
-  assert _max_rel(ref, (ys, final)) <= 1e-5
+  assert helpers.max_rel(ref, (ys, final)) <= 1e-5
 
 
 # ---- Chaos: the fallback, and the Lyapunov exponent that predicts it. ----
@@ -233,9 +227,9 @@ def test_lyapunov_exponent_predicts_convergence(gain):
   # Chaotic gradients are huge (1e7 at gain 5) and amplify rounding: the two sequential
   # backward passes (ours sums the step VJPs in another order) agree to 1e-3 there.
   rtol = 1e-4 if lyapunov < 0 else 1e-3
-  assert _max_rel(ref_out, out) <= 1e-4
+  assert helpers.max_rel(ref_out, out) <= 1e-4
   for ref_g, g in zip(ref_grads, grads, strict=True):
-    assert _max_rel(ref_g, g) <= rtol
+    assert helpers.max_rel(ref_g, g) <= rtol
 
 
 def test_chaotic_cell_without_fallback_reports_non_convergence():

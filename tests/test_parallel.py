@@ -26,6 +26,7 @@ import rnnjax
 from rnnjax._src import cell as cell_lib
 from rnnjax._src import linear
 from rnnjax._src.cells import common
+from tests import helpers
 
 T, B, I, H = 7, 3, 4, 5
 RTOL = 1e-5
@@ -78,13 +79,6 @@ def _cells() -> dict[str, cell_lib.Cell]:
 CELLS = _cells()
 
 
-def _max_rel(ref, got) -> float:
-  errs = []
-  for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    errs.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
-  return max(errs)
 
 
 def _random_like(key, tree, positive: bool):
@@ -183,9 +177,9 @@ def _assert_engines_equal_sequential(name, results):
     ref_out, ref_grads = results[("sequential", *variant)]
     for engine in ENGINES[1:]:
       out, grads = results[(engine, *variant)]
-      assert _max_rel(ref_out, out) <= RTOL, (engine, variant)
+      assert helpers.max_rel(ref_out, out) <= RTOL, (engine, variant)
       for ref_g, g in zip(ref_grads, grads, strict=True):
-        assert _max_rel(ref_g, g) <= RTOL, (engine, variant)
+        assert helpers.max_rel(ref_g, g) <= RTOL, (engine, variant)
 
 
 def test_a_stack_of_linear_cells_with_every_option():
@@ -231,7 +225,7 @@ def test_reverse_without_lengths_equals_a_python_loop(name):
       c, ys[t] = cell.apply(params, c, xs[t])
     want = (jnp.stack(ys), c)
     for engine in ENGINES[1:]:
-      assert _max_rel(want, got[(engine, with_resets)]) <= RTOL, (engine, with_resets)
+      assert helpers.max_rel(want, got[(engine, with_resets)]) <= RTOL, (engine, with_resets)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 50])
@@ -241,7 +235,7 @@ def test_chunk_sizes_that_do_not_divide_t(chunk):
   xs = jax.random.normal(jax.random.key(1), (T, B, I))
   ref = rnnjax.unroll(cell, params, xs)
   got = rnnjax.parallel_unroll(cell, params, xs, engine="chunked", chunk=chunk)
-  assert _max_rel(ref, got) <= RTOL
+  assert helpers.max_rel(ref, got) <= RTOL
 
 
 def test_no_batch_axes_and_auto_engine():
@@ -250,7 +244,7 @@ def test_no_batch_axes_and_auto_engine():
   xs = jax.random.normal(jax.random.key(1), (T, I))
   ref = rnnjax.unroll(cell, params, xs)
   for engine in ("auto", "sequential", "parallel", "chunked"):
-    assert _max_rel(ref, rnnjax.parallel_unroll(cell, params, xs, engine=engine)) <= RTOL
+    assert helpers.max_rel(ref, rnnjax.parallel_unroll(cell, params, xs, engine=engine)) <= RTOL
   # The measured choices (benchmarks/RESULTS.md): lax.scan on CPU, the parallel scan on GPU.
   assert rnnjax.auto_engine(65536, "cpu") == "sequential"
   assert rnnjax.auto_engine(256, "gpu") == "parallel"

@@ -21,7 +21,7 @@ import pytest
 
 import rnnjax
 from rnnjax._src.cells.slstm import SLSTMParams, SLSTMState, slstm
-from tests import reference
+from tests import helpers, reference
 from tests.test_diagonal_cells import central_differences
 
 T, B, I, H = 6, 3, 3, 4
@@ -98,10 +98,6 @@ def _unroll(cell, params, xs, carry, lengths=None, resets=None, reverse=False):
   return rnnjax.unroll(cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse)
 
 
-def _params(cell, rng, scale=0.5):
-  shapes = jax.eval_shape(lambda key: cell.init(key, I), jax.random.key(0))
-  return jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.normal(scale=scale, size=s.shape), s.dtype), shapes)
 
 
 def _carry(rng, dtype=jnp.float32):
@@ -139,7 +135,7 @@ def _unstabilised(params, forget_gate):
 @pytest.mark.parametrize(("forget_gate", "heads"), [("sigmoid", 2), ("exp", 2), ("sigmoid", 1)])
 def test_unroll_matches_stabilised_reference(forget_gate, heads, rng):
   cell = _cell(forget_gate, heads)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   assert params.r.shape == (heads, H // heads, 4 * H // heads)
   xs, carry = _xs(rng), _carry(rng)
   ys, final = _unroll(cell, params, xs, carry)
@@ -154,7 +150,7 @@ def test_unroll_matches_stabilised_reference(forget_gate, heads, rng):
 def test_outputs_equal_the_unstabilised_equations(forget_gate, rng):
   """`c, n` are the paper's divided by `exp(m)`: outputs and `c / n` agree exactly."""
   cell = _cell(forget_gate)
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   xs, carry = _xs(rng), _carry(rng)
   ys, final = _unroll(cell, params, xs, carry)
   scale = np.exp(_f64(carry.m))
@@ -171,7 +167,7 @@ def test_outputs_equal_the_unstabilised_equations(forget_gate, rng):
 def test_lengths_resets_and_reverse(reverse, rng):
   """Resets restart from the zero carry, where the stabiliser starts at the input gate."""
   cell = _cell()
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   xs = np.array(_xs(rng))
   lengths = np.array([T, 4, 0], np.int32)
   xs[4:, 1] = np.nan
@@ -205,7 +201,7 @@ def _large_gates(params, shift, forget_gate):
 @pytest.mark.parametrize("forget_gate", FORGET)
 def test_large_gates_stay_finite(forget_gate, rng):
   cell = _cell(forget_gate)
-  params = _large_gates(_params(cell, rng), 200.0, forget_gate)
+  params = _large_gates(helpers.random_params(cell, rng, I), 200.0, forget_gate)
   xs, zero = _xs(rng), tuple(np.zeros((B, H)) for _ in range(3))
   # float32 overflows exp(200): the plain equations give inf / inf there.
   with np.errstate(over="ignore"):
@@ -235,7 +231,7 @@ def test_large_gates_stay_finite(forget_gate, rng):
 def test_first_step_from_zero_starts_the_stabiliser_at_the_input_gate(rng):
   """The official kernel's rule: where n == 0, m' = ĩ, so i' = 1, n' = 1, c' = tanh(z̃)."""
   cell = _cell()
-  params = _params(cell, rng)
+  params = helpers.random_params(cell, rng, I)
   x = _xs(rng)[0]
   carry, y = jax.jit(cell.apply)(params, cell.initial_carry(params, (B,)), x)
   i_t, _, z, o = _gates(params, np.zeros((B, H)), _f64(x), "sigmoid")
@@ -281,7 +277,7 @@ def test_gradients_match_central_differences(forget_gate, rng):
   """Moderate gates, then `exp(±800)` gates (beyond float64): gradients finite and right."""
   with jax.enable_x64(True):
     cell = _cell(forget_gate, 2, jnp.float64)
-    params = _params(cell, rng)
+    params = helpers.random_params(cell, rng, I)
     xs = _xs(rng, jnp.float64)
     carry = _carry(rng, jnp.float64)
     lengths, resets = jnp.asarray([T, 4, 2], jnp.int32), jnp.asarray(_resets())
@@ -322,7 +318,7 @@ def test_init_layout_and_values():
 
 def test_bfloat16_compute_keeps_a_float32_carry(rng):
   cell = slstm(H, heads=2, dtype=jnp.bfloat16)
-  params = _params(_cell(), rng)
+  params = helpers.random_params(_cell(), rng, I)
   xs, carry = _xs(rng), _carry(rng)
   ys, final = _unroll(cell, params, xs, carry)
   assert ys.dtype == jnp.bfloat16
