@@ -342,10 +342,7 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
 
   xs, valid, resets, idx = unroll_lib.time_masks(xs, num_steps, batch_shape, lengths, resets,
                                                  reverse)
-  if idx is not None:  # Each valid prefix reversed in place; the padding stays at the end.
-    xs, resets = unroll_lib._take_time((xs, resets), idx)
-  elif reverse:
-    xs, resets = xs[::-1], None if resets is None else resets[::-1]
+  xs, resets = unroll_lib.in_processing_order((xs, resets), idx, reverse)
   all_valid = jnp.ones((num_steps, *batch_shape), bool) if valid is None else valid
   keep = all_valid if resets is None else all_valid & ~resets
 
@@ -356,9 +353,6 @@ def newton_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any = 
   if valid is not None:
     ys = jax.tree_util.tree_map(
         lambda y: jnp.where(lin.expand(valid, y), y, jnp.zeros_like(y)), ys)
-  if idx is not None:
-    ys = unroll_lib._take_time(ys, idx)
-  elif reverse:
-    ys = jax.tree_util.tree_map(lambda y: y[::-1], ys)
+  ys = unroll_lib.in_processing_order(ys, idx, reverse)
   final = cv.from_vector(layout, hs[-1])
   return (ys, final, info) if return_info else (ys, final)

@@ -232,11 +232,7 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
     return xs, tuple(new_carry)
   xs, valid, resets, idx = unroll_lib.time_masks(xs, num_steps, batch_shape, lengths, resets,
                                                  reverse)
-  if idx is not None:
-    xs, resets = unroll_lib._take_time((xs, resets), idx)
-  elif reverse:
-    xs = xs[::-1]
-    resets = None if resets is None else resets[::-1]
+  xs, resets = unroll_lib.in_processing_order((xs, resets), idx, reverse)
 
   log_space = recurrence.log_coefficients is not None
   # The value check runs on concrete carries only, in NumPy: a jnp op on a concrete carry
@@ -264,8 +260,5 @@ def parallel_unroll(cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any 
   if valid is not None:
     ys = jnp.where(_expand(valid, ys), ys, jnp.zeros_like(ys))
   final = common.HiddenState(h=hs[-1].astype(carry.h.dtype))
-  if idx is not None:
-    ys = unroll_lib._take_time(ys, idx)
-  elif reverse:
-    ys = ys[::-1]
+  ys = unroll_lib.in_processing_order(ys, idx, reverse)
   return ys, final

@@ -35,6 +35,18 @@ def _take_time(tree: Any, idx: jax.Array) -> Any:
   return jax.tree_util.tree_map(take, tree)
 
 
+def in_processing_order(tree: Any, idx: jax.Array | None, reverse: bool) -> Any:
+  """`tree`'s leaves `[T, *batch, ...]` in the order a whole-sequence engine runs the steps.
+
+  With `idx` (from `time_masks`: `reverse` with lengths) each valid prefix is reversed in
+  place, padding staying at the end; else with `reverse` the whole time axis is. Both
+  permutations are involutions, so the same call puts outputs back in `xs`'s order.
+  """
+  if idx is not None:
+    return _take_time(tree, idx)
+  return jax.tree_util.tree_map(lambda leaf: leaf[::-1], tree) if reverse else tree
+
+
 def check_sequence(fn: str, cell: cell_lib.Cell, params: Any, xs: jax.Array, carry: Any,
                    lengths: jax.Array | None, resets: jax.Array | None, *,
                    time_major: bool = True) -> tuple[jax.Array, int, tuple[int, ...], Any,
