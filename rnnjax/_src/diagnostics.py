@@ -59,7 +59,7 @@ def _perturbed_cell(cell: cell_lib.Cell, layout: cv.CarryLayout, in_size: int) -
   def apply(params, carry, x_eps, *, key=None):
     x, eps = split(x_eps)
     new, y = cell.apply(params, carry, x, key=key)
-    delta = cv.from_vector(layout, eps.astype(_real_dtype(layout)))
+    delta = cv.from_vector(layout, eps.astype(layout.dtype))
     new = jax.tree_util.tree_map(lambda c, d: c + d.astype(c.dtype), new, delta)
     return new, y
 
@@ -81,7 +81,7 @@ def _perturbed_linear(cell: cell_lib.Cell, layout: cv.CarryLayout, in_size: int)
                     "cell (one with a LinearRecurrence); use engine='sequential' for others.")
 
   def split(params, x_eps):
-    delta = cv.from_vector(layout, x_eps[..., in_size:].astype(_real_dtype(layout))).h
+    delta = cv.from_vector(layout, x_eps[..., in_size:].astype(layout.dtype)).h
     return x_eps[..., :in_size], delta
 
   def coefficients(params, xs_eps):
@@ -98,9 +98,6 @@ def _perturbed_linear(cell: cell_lib.Cell, layout: cv.CarryLayout, in_size: int)
                                     linear_lib.LinearRecurrence(coefficients, readout))
 
 
-def _real_dtype(layout: cv.CarryLayout):
-  d = layout.dtypes[0]
-  return jnp.real(jnp.zeros((), d)).dtype
 
 
 def gradient_norms(cell: cell_lib.Cell, params: Any, xs: jax.Array,
