@@ -23,7 +23,9 @@ def max_rel(ref: Any, got: Any) -> float:
   """The largest `|ref - got| / max|ref|` over the leaves (each leaf on its own scale)."""
   errs = []
   for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got), strict=True):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    # In float64 (complex128 for complex leaves: their imaginary parts count too).
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    a, b = np.asarray(a, wide), np.asarray(b, wide)
     assert a.shape == b.shape, (a.shape, b.shape)
     errs.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
   return max(errs)
