@@ -5,7 +5,8 @@ outputs (to 1e-4; 3e-2 for bfloat16) before anything is timed. Three modes per c
 (outputs), `fwd_bwd` (gradient of `mean(ys**2)` w.r.t. params and xs) and `train`
 (one Adam step; torch.optim.Adam for PyTorch). JAX functions are jitted, warmed
 up and timed after `block_until_ready`; contenders are interleaved round-robin
-within each repeat. `rnnjax` is the default (fused fast path), `rnnjax_generic`
+within each repeat. `rnnjax` is the default (fused fast path; on a GPU with the
+Pallas kernels where they fit), `rnnjax_scan` the fast path's pure-JAX loops, `rnnjax_generic`
 the same with `fused=False` (plain autodiff through `lax.scan`), `rnnjax_bf16` the
 fast path in mixed precision (`dtype=jnp.bfloat16`, float32 params), and
 `matmul_floor` the same matrix products with nothing else.

@@ -12,7 +12,7 @@ so the weight gradients and `dxs` are each one large matrix product over all `T*
 rows. The loops themselves (`fused_lstm.py`, `fused_gru.py`) are `loop_call` primitives:
 the tangent loop transposes to a reverse loop written by hand (reverse mode carries
 only `dh, dc`), and each loop runs a kernel where the platform has one
-(none yet) and its `lax.scan` elsewhere. Forward
+(`fused_kernels.py`: C++ on CPU, Pallas on GPU) and its `lax.scan` elsewhere. Forward
 mode (`jvp`, `jacfwd`), `vmap` and second derivatives keep working, because the rule
 is a JVP.
 
@@ -34,7 +34,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax._src import fused_gru, fused_lstm
+from rnnjax._src import (
+  fused_gru,
+  fused_kernels,  # noqa: F401  (registers the kernels)
+  fused_lstm,
+)
 from rnnjax._src import precision as precision_lib
 
 

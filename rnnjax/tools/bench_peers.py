@@ -14,6 +14,7 @@ rnnjax, equinox, dm-haiku and torch are optional (`pip install -e ".[bench]"`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnnjax
+from rnnjax._src import loop_call
 
 
 class Skip(Exception):
@@ -42,14 +44,17 @@ def _gates(w: jax.Array, n: int) -> list[jax.Array]:
 
 
 def rnnjax_contender(cell_name: str, hidden: int, params: Any, *, reset_after: bool = True,
-                     fused: bool = True, dtype: Any = jnp.float32) -> JaxContender:
-  """rnnjax's `unroll` under one of its four names.
+                     fused: bool = True, dtype: Any = jnp.float32,
+                     kernels: bool = True) -> JaxContender:
+  """rnnjax's `unroll` under one of its five names.
 
   `rnnjax` is the default (the fused fast path), `rnnjax_generic` forces the generic
   `lax.scan` path (`fused=False`, plain autodiff), `rnnjax_reset_before` is the GRU's
   "reset before" form, the reference for Haiku's GRU, and `rnnjax_bf16` is the fast
   path in mixed precision (`dtype=jnp.bfloat16`): the same float32 params and carry,
-  bfloat16 matrix products accumulated in float32, bfloat16 outputs.
+  bfloat16 matrix products accumulated in float32, bfloat16 outputs. `rnnjax_scan`
+  is the fast path with its kernels off (`kernels=False`): its pure-JAX loops on every
+  platform, where `rnnjax` runs the Pallas kernels on a GPU (the same on CPU).
   """
   if cell_name == "lstm":
     cell = rnnjax.lstm(hidden, dtype=dtype)
@@ -61,12 +66,17 @@ def rnnjax_contender(cell_name: str, hidden: int, params: Any, *, reset_after: b
     name = baseline = "rnnjax_reset_before"
   elif jnp.dtype(dtype) == jnp.bfloat16:
     name, baseline = "rnnjax_bf16", "rnnjax"
+  elif not kernels:
+    name, baseline = "rnnjax_scan", "rnnjax"
   elif fused:
     name = baseline = "rnnjax"
   else:
     name, baseline = "rnnjax_generic", "rnnjax"
-  return JaxContender(name, params, lambda p, xs: rnnjax.unroll(cell, p, xs, fused=fused)[0],
-                      baseline)
+
+  def forward(p, xs):
+    with contextlib.nullcontext() if kernels else loop_call.reference_only():
+      return rnnjax.unroll(cell, p, xs, fused=fused)[0]
+  return JaxContender(name, params, forward, baseline)
 
 
 def flax_contender(cell_name: str, hidden: int, params: Any) -> JaxContender:
@@ -201,6 +211,7 @@ JAX_PEERS: dict[str, Callable[[str, int, Any], JaxContender]] = {
     "rnnjax": rnnjax_contender,
     "rnnjax_reset_before": functools.partial(rnnjax_contender, reset_after=False),
     "rnnjax_generic": functools.partial(rnnjax_contender, fused=False),
+    "rnnjax_scan": functools.partial(rnnjax_contender, kernels=False),
     "rnnjax_bf16": functools.partial(rnnjax_contender, dtype=jnp.bfloat16),
     "flax": flax_contender,
     "equinox": equinox_contender,
