@@ -63,8 +63,8 @@ def _installed(module: str) -> bool:
 
 def _expected_contenders() -> list[str]:
   optional = {"equinox": "equinox", "haiku": "haiku", "torch": "torch"}
-  names = ["rnnjax", "rnnjax_generic", "rnnjax_bf16", "flax", "equinox", "haiku", "jax_cudnn",
-           "matmul_floor", "torch"]
+  names = ["rnnjax", "rnnjax_generic", "rnnjax_scan", "rnnjax_bf16", "flax", "equinox", "haiku",
+           "jax_cudnn", "matmul_floor", "torch"]
   return [n for n in names if (n not in optional or _installed(optional[n]))
           and (n != "jax_cudnn" or jax.default_backend() == "gpu")]
 

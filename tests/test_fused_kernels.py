@@ -24,7 +24,7 @@ import rnnjax
 from rnnjax._src import fused_kernels, loop_call
 
 T, B, I, H = 5, 3, 4, 16
-BACKENDS = ["jax", "pallas"]
+BACKENDS = ["jax", "cpu", "pallas"]
 # The platform programs compile for: on a GPU the Pallas kernels compile (no interpreter).
 PLATFORM = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
 
@@ -97,7 +97,7 @@ def test_backends_equal_plain_autodiff(backend, name, reverse):
   assert ran == (backend != "jax")
 
 
-@pytest.mark.parametrize("backend", ["pallas"])
+@pytest.mark.parametrize("backend", ["cpu", "pallas"])
 def test_forward_only_runs_the_forward_kernel(backend):
   cell = rnnjax.lstm(H)
   xs, lengths, _, kp, _ = _data(7)

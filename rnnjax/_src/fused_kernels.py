@@ -68,6 +68,9 @@ def lstm_forward(config, w_i, w_h, b, xs, h0, c0, *ms, save: bool, backend: str,
     return None
   xw = ops.matmul_rows(xs, w_i, _F32) + b
   xw, valid, keep = _order(config, xw, *_float_masks(config, ms, xs.shape[:2]))
+  if not save and backend == "cpu":  # The C++ kernel writes no residuals then.
+    ys, h, c = kernel.lstm_forward(xw, w_h, h0, c0, valid, keep, save=False)
+    return (*_order(config, ys), h, c)
   ys, hs, cs, gates = _order(config, *kernel.lstm_forward(xw, w_h, h0, c0, valid, keep,
                                                           **options))
   last = 0 if config.reverse else -1
@@ -98,6 +101,10 @@ def gru_forward(config, w_i, w_h, b_i, b_h, xs, h0, *ms, save: bool, backend: st
   xw = ops.matmul_rows(xs, w_i, _F32) + b_i + jnp.concatenate(
       [b_h[:2 * size], jnp.zeros((size,), _F32)])
   xw, valid, keep = _order(config, xw, *_float_masks(config, ms, xs.shape[:2]))
+  if not save and backend == "cpu":
+    ys, h = kernel.gru_forward(xw, w_h, b_h[2 * size:], h0, valid, keep,
+                               reset_after=config.reset_after, save=False)
+    return (*_order(config, ys), h)
   ys, hs, gates, hn = _order(config, *kernel.gru_forward(
       xw, w_h, b_h[2 * size:], h0, valid, keep, reset_after=config.reset_after, **options))
   out = (ys, hs[0 if config.reverse else -1])
@@ -138,6 +145,6 @@ def kernels(backend: str, **options: Any) -> dict[str, Callable]:
           "gru.adjoint": p(gru_adjoint, **kw)}
 
 
-for _platform, _name in (("cuda", "pallas"),):
+for _platform, _name in (("cuda", "pallas"), ("cpu", "cpu")):
   for _kind, _kernel in kernels(_name).items():
     loop_call.register_kernel(_platform, _kind, _kernel)

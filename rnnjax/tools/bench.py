@@ -8,7 +8,8 @@ params and xs) and `train` (one Adam step; torch.optim.Adam for PyTorch). JAX
 functions are jitted, warmed up and timed after `block_until_ready`; contenders are
 interleaved round-robin within each repeat, so drifts in machine load hit everyone alike.
 
-Contenders: `rnnjax` (the default, with the fused fast path), `rnnjax_generic`
+Contenders: `rnnjax` (the default, with the fused fast path), `rnnjax_scan` (the
+fast path with its GPU kernels off), `rnnjax_generic`
 (`fused=False`: plain autodiff through `lax.scan`), `rnnjax_bf16` (the fast path in
 mixed precision, `dtype=jnp.bfloat16`: float32 params and carry, bfloat16 products
 accumulated in float32, bfloat16 outputs), the peers of `bench_peers.JAX_PEERS`,
@@ -120,8 +121,10 @@ def header(threads: int) -> str:
   """One line naming the library versions, backend, device, CPUs and PyTorch threads."""
   versions = ", ".join(f"{d} {_version(d)}" for d in DISTRIBUTIONS)
   cpu = platform.processor() or platform.machine()
+  from rnnjax._src import cpu_kernels
+  kernel = "built" if cpu_kernels.available() else "absent"
   return (f"{versions}; backend {jax.default_backend()}, device {jax.devices()[0].device_kind}, "
-          f"{default_threads()} CPUs ({cpu}), torch threads {threads}")
+          f"{default_threads()} CPUs ({cpu}), torch threads {threads}, CPU kernel {kernel}")
 
 
 def _loss(ys: jax.Array) -> jax.Array:
