@@ -120,6 +120,22 @@ def test_kernels_run_per_platform_and_may_decline(data):
                              _forward(a, x)[0], rtol=1e-6)
 
 
+def test_exported_programs_run_the_references(data):
+  """`jax.export` needs stable custom calls: an exported program never runs a kernel."""
+  from jax import export
+  a, x = data
+  calls = []
+
+  def kernel(config, a, x):
+    calls.append(x.shape)
+    return (2 * _forward(a, x)[0],)
+
+  with loop_call.kernels_on("cpu", {"test.toy": kernel}):
+    exported = export.export(jax.jit(lambda a, x: loop_call.call(FWD, a, x)[0]))(a, x)
+  assert calls == []
+  np.testing.assert_allclose(exported.call(a, x), _forward(a, x)[0], rtol=1e-6)
+
+
 def test_registration_errors():
   with pytest.raises(ValueError, match="linear but names no transpose"):
     loop_call.register(loop_call.Loop("test/bad", "test.bad", _forward, linear=1))

@@ -160,7 +160,11 @@ def _jitted(name: str, kernels: bool) -> Callable:
 
 def _lowering(platform: str | None) -> Callable:
   def lower(ctx: Any, *args: Any, name: str, kernels: bool) -> Any:
-    kernel = kernel_for(name, platform) if platform and kernels else None
+    # `jax.export` needs custom calls with compatibility guarantees: an exported program
+    # (a serialised artifact, maybe for another machine) runs the references.
+    exporting = getattr(getattr(ctx.module_context, "lowering_parameters", None),
+                        "for_export", False)
+    kernel = kernel_for(name, platform) if platform and kernels and not exporting else None
     reference = _reference(name)
 
     def run(*xs: Any) -> tuple:
