@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from rnnjax._src import fused_ops as ops
 from rnnjax._src import loop_call
 from rnnjax._src.cells import gates as gates_lib
-from rnnjax._src.fused_lstm import Loops
 
 
 class Config(NamedTuple):
@@ -151,20 +150,10 @@ def _adjoint(config: Config, w_h, *args):
 
 
 @functools.cache
-def loops(config: Config) -> Loops:
+def loops(config: Config) -> ops.Loops:
   """The four loops of `config` (cached)."""
-  name = f"gru{int(config.reset_after)}/{config.accum}/{int(config.reverse)}/" \
-         f"{config.unroll}/{int(config.valid)}{int(config.keep)}"
-  bind = lambda fn, *a: functools.partial(fn, config, *a)
-  return Loops(
-      loop_call.register(loop_call.Loop(name + "/forward", "gru.forward",
-                                        bind(_forward, False), config)),
-      loop_call.register(loop_call.Loop(name + "/forward_save", "gru.forward_save",
-                                        bind(_forward, True), config)),
-      loop_call.register(loop_call.Loop(name + "/tangent", "gru.tangent", bind(_tangent),
-                                        config, linear=3, transpose=name + "/adjoint")),
-      loop_call.register(loop_call.Loop(name + "/adjoint", "gru.adjoint", bind(_adjoint),
-                                        config, linear=2, transpose=name + "/tangent")))
+  return ops.register_loops("gru", config, _forward, _tangent, _adjoint, tangent_linear=3,
+                            adjoint_linear=2)
 
 
 def _input_tangents(xs, w_i, w_h, gates, hp, tangents, *, reset_after, accum):

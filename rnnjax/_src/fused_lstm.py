@@ -45,13 +45,6 @@ class Config(NamedTuple):
   keep: bool           # whether a `keep` (reset) mask is among the arguments
 
 
-class Loops(NamedTuple):
-  forward: loop_call.Loop
-  forward_save: loop_call.Loop
-  tangent: loop_call.Loop
-  adjoint: loop_call.Loop
-
-
 def _forward(config: Config, save: bool, w_i, w_h, b, xs, h0, c0, *ms):
   """`(ys, h_T, c_T)` and, with `save`, `(gates, cs)` and (with a `valid` mask) `hs`."""
   accum = jnp.dtype(config.accum)
@@ -141,20 +134,10 @@ def _adjoint(config: Config, w_h, gates, cs, c0, *args):
 
 
 @functools.cache
-def loops(config: Config) -> Loops:
+def loops(config: Config) -> ops.Loops:
   """The four loops of `config` (cached: equal settings share loops, and compiled code)."""
-  name = f"lstm/{config.accum}/{int(config.reverse)}/{config.unroll}/" \
-         f"{int(config.valid)}{int(config.keep)}"
-  bind = lambda fn, *a: functools.partial(fn, config, *a)
-  return Loops(
-      loop_call.register(loop_call.Loop(name + "/forward", "lstm.forward",
-                                        bind(_forward, False), config)),
-      loop_call.register(loop_call.Loop(name + "/forward_save", "lstm.forward_save",
-                                        bind(_forward, True), config)),
-      loop_call.register(loop_call.Loop(name + "/tangent", "lstm.tangent", bind(_tangent),
-                                        config, linear=3, transpose=name + "/adjoint")),
-      loop_call.register(loop_call.Loop(name + "/adjoint", "lstm.adjoint", bind(_adjoint),
-                                        config, linear=3, transpose=name + "/tangent")))
+  return ops.register_loops("lstm", config, _forward, _tangent, _adjoint, tangent_linear=3,
+                            adjoint_linear=3)
 
 
 def _jvp(accum, reverse, unroll, primals, tangents):

@@ -7,13 +7,48 @@ the output is zero), `keep` is False where the carry resets to zeros before a st
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from rnnjax._src import loop_call
 from rnnjax._src import precision as precision_lib
+
+
+class Loops(NamedTuple):
+  """The four loops of one cell's fast path (for one `Config`)."""
+  forward: loop_call.Loop
+  forward_save: loop_call.Loop
+  tangent: loop_call.Loop
+  adjoint: loop_call.Loop
+
+
+def register_loops(family: str, config: Any, forward: Callable, tangent: Callable,
+                   adjoint: Callable, *, tangent_linear: int, adjoint_linear: int) -> Loops:
+  """Registers the four loops of `family` (`"lstm"`, `"gru"`) for `config`.
+
+  `forward(config, save, *args)`, `tangent(config, *args)` and `adjoint(config, *args)`
+  are the references; the tangent is linear in its last `tangent_linear` arguments
+  and the adjoint, its transpose, in its last `adjoint_linear`. Loop names spell out
+  the config, so equal settings share loops (and compiled code).
+  """
+  name = f"{family}/" + "/".join(str(v) for v in config)
+  bind = functools.partial
+
+  def loop(kind: str, fn: Callable, **kw: Any) -> loop_call.Loop:
+    return loop_call.register(loop_call.Loop(f"{name}/{kind}", f"{family}.{kind}", fn, config,
+                                             **kw))
+  return Loops(
+      loop("forward", bind(forward, config, False)),
+      loop("forward_save", bind(forward, config, True)),
+      loop("tangent", bind(tangent, config), linear=tangent_linear,
+           transpose=f"{name}/adjoint"),
+      loop("adjoint", bind(adjoint, config), linear=adjoint_linear,
+           transpose=f"{name}/tangent"))
 
 
 def zero(t: Any) -> bool:
