@@ -121,25 +121,20 @@ def _call(name: str, shapes, *args, **attrs) -> tuple[jax.Array, ...]:
 def lstm_forward(xw: jax.Array, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
                  valid: jax.Array, keep: jax.Array, *, save: bool = True
                  ) -> tuple[jax.Array, ...]:
-  """The LSTM over a sequence in one C++ call (gate order i, f, g, o).
+  """The LSTM over a sequence in one C++ call: `pallas_rnn.lstm_forward`'s contract.
 
-  For each `t`: `hp, cp = h, c` where `keep[t]` else 0; `z = xw[t] + hp @ w_h`;
-  `c1 = f*cp + i*g`, `h1 = o*tanh(c1)`; `ys[t] = h1` where `valid[t]` else 0;
-  `h, c = h1, c1` where `valid[t]` (else unchanged); `hs[t], cs[t] = h, c`.
+  The arguments, equations and results are those of `pallas_rnn.lstm_forward` (gates
+  are 0 where a step is not valid), without its block and interpreter keywords.
 
   Args:
     xw: `[T, R, 4H]` input projection with both biases added.
     w_h: `[H, 4H]` recurrent weight.
     h0: `[R, H]` initial hidden state.
     c0: `[R, H]` initial memory cell.
-    valid: `[T, R]` 1.0 where the step exists, 0.0 at padding (carry kept, output 0).
+    valid: `[T, R]` 1.0 where the step exists, 0.0 at padding.
     keep: `[T, R]` 0.0 where the carry is reset to zero before the step, else 1.0.
-    save: return what the adjoint needs; False: only the outputs and the last carry.
-
-  Returns:
-    With `save`, `(ys, hs, cs, gates)`: outputs, hidden states and cells after each step
-    `[T, R, H]`, and the activated gates `[T, R, 4H]` (i, f, g, o; 0 where not valid).
-    Without, `(ys, h_last, c_last)`: the outputs and `hs[T-1]`, `cs[T-1]` `[R, H]`.
+    save: return what the adjoint needs, `(ys, hs, cs, gates)`; False: only the outputs
+      and the last carry, `(ys, h_last, c_last)`, writing nothing else.
   """
   t, r, _ = xw.shape
   h = h0.shape[-1]
@@ -152,25 +147,11 @@ def lstm_forward(xw: jax.Array, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
 def lstm_adjoint(w_h: jax.Array, gates: jax.Array, cs: jax.Array, c0: jax.Array,
                  valid: jax.Array, keep: jax.Array, dys: jax.Array, dh_last: jax.Array,
                  dc_last: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Reverse mode of `lstm_forward` w.r.t. `xw`, `h0`, `c0`, in one C++ call.
+  """Reverse mode of `lstm_forward` in one C++ call: `pallas_rnn.lstm_adjoint`'s contract.
 
-  The loop runs `t = T-1 .. 0` with `w_h.T` (transposed once per call); at a step that
-  is not valid the carry's cotangent passes through and `dz[t]` is 0.
-
-  Args:
-    w_h: `[H, 4H]` recurrent weight.
-    gates: `[T, R, 4H]` the forward's activated gates.
-    cs: `[T, R, H]` the forward's memory cells after each step.
-    c0: `[R, H]` initial memory cell.
-    valid: `[T, R]` the forward's `valid` mask.
-    keep: `[T, R]` the forward's `keep` mask.
-    dys: `[T, R, H]` cotangent of the outputs `ys`.
-    dh_last: `[R, H]` cotangent of the final hidden state `hs[T-1]`.
-    dc_last: `[R, H]` cotangent of the final memory cell `cs[T-1]`.
-
-  Returns:
-    `(dz, dh0, dc0)`: cotangents of the pre-activations `z` (equal to those of `xw`)
-    `[T, R, 4H]`, and of `h0`, `c0` `[R, H]`.
+  The arguments (the forward's residuals and masks, the cotangents `dys`, `dh_last`,
+  `dc_last`) and results `(dz, dh0, dc0)` are those of `pallas_rnn.lstm_adjoint`;
+  `w_h.T` is made once per call.
   """
   return _call("rnnjax_lstm_adjoint", [gates.shape, c0.shape, c0.shape],
                w_h, gates, cs, c0, valid, keep, dys, dh_last, dc_last)
@@ -179,29 +160,21 @@ def lstm_adjoint(w_h: jax.Array, gates: jax.Array, cs: jax.Array, c0: jax.Array,
 def gru_forward(xw: jax.Array, w_h: jax.Array, b_hn: jax.Array, h0: jax.Array,
                 valid: jax.Array, keep: jax.Array, *, reset_after: bool, save: bool = True
                 ) -> tuple[jax.Array, ...]:
-  """The GRU over a sequence in one C++ call (gate order r, z, n).
+  """The GRU over a sequence in one C++ call: `pallas_rnn.gru_forward`'s contract.
 
-  For each `t`: `hp = h` where `keep[t]` else 0; `r = sigmoid(xw_r + hp @ w_hr)`,
-  `z = sigmoid(xw_z + hp @ w_hz)`; `hn = hp @ w_hn + b_hn` and `n = tanh(xw_n + r*hn)`
-  (`reset_after`), or `hn = (r*hp) @ w_hn + b_hn` and `n = tanh(xw_n + hn)`;
-  `h1 = (1-z)*n + z*hp`; outputs and carry masked by `valid[t]` as in `lstm_forward`.
+  The arguments, equations and results are those of `pallas_rnn.gru_forward` (gates and
+  `hn` are 0 where a step is not valid), without its block and interpreter keywords.
 
   Args:
     xw: `[T, R, 3H]` `x @ w_i + b_i + concat(b_hr, b_hz, 0)`.
     w_h: `[H, 3H]` recurrent weight (`w_hr, w_hz, w_hn` column blocks).
     b_hn: `[H]` the bias of the candidate's recurrent term.
     h0: `[R, H]` initial hidden state.
-    valid: `[T, R]` 1.0 where the step exists, 0.0 at padding (carry kept, output 0).
+    valid: `[T, R]` 1.0 where the step exists, 0.0 at padding.
     keep: `[T, R]` 0.0 where the carry is reset to zero before the step, else 1.0.
-    reset_after: apply the reset gate after the recurrent product (cuDNN, PyTorch)
-      instead of before it.
-    save: return what the adjoint needs; False: only the outputs and the last carry.
-
-  Returns:
-    With `save`, `(ys, hs, gates, hn)`: outputs and hidden states after each step
-    `[T, R, H]`, the activated gates `[T, R, 3H]` (r, z, n) and the recurrent candidate
-    terms `hn` `[T, R, H]` (both 0 where not valid). Without, `(ys, h_last)`: the outputs
-    and `hs[T-1]` `[R, H]`.
+    reset_after: apply the reset gate after the recurrent product (cuDNN, PyTorch).
+    save: return what the adjoint needs, `(ys, hs, gates, hn)`; False: only
+      `(ys, h_last)`, writing nothing else.
   """
   t, r, _ = xw.shape
   h = h0.shape[-1]
@@ -215,26 +188,11 @@ def gru_forward(xw: jax.Array, w_h: jax.Array, b_hn: jax.Array, h0: jax.Array,
 def gru_adjoint(w_h: jax.Array, gates: jax.Array, hn: jax.Array, hs: jax.Array, h0: jax.Array,
                 valid: jax.Array, keep: jax.Array, dys: jax.Array, dh_last: jax.Array, *,
                 reset_after: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Reverse mode of `gru_forward` w.r.t. `xw`, the recurrent pre-activations and `h0`.
+  """Reverse mode of `gru_forward` in one C++ call: `pallas_rnn.gru_adjoint`'s contract.
 
-  The recurrent pre-activations are `hh = (hp @ w_hr, hp @ w_hz, hn)`; the loop runs
-  `t = T-1 .. 0` with `w_h.T` (transposed once per call), and at a step that is not
-  valid the carry's cotangent passes through and `da[t]`, `dhh[t]` are 0.
-
-  Args:
-    w_h: `[H, 3H]` recurrent weight.
-    gates: `[T, R, 3H]` the forward's activated gates (r, z, n).
-    hn: `[T, R, H]` the forward's recurrent candidate terms.
-    hs: `[T, R, H]` the forward's hidden states after each step.
-    h0: `[R, H]` initial hidden state.
-    valid: `[T, R]` the forward's `valid` mask.
-    keep: `[T, R]` the forward's `keep` mask.
-    dys: `[T, R, H]` cotangent of the outputs `ys`.
-    dh_last: `[R, H]` cotangent of the final hidden state `hs[T-1]`.
-    reset_after: the forward's `reset_after`.
-
-  Returns:
-    `(da, dhh, dh0)`: cotangents of `xw` and of `hh` `[T, R, 3H]`, and of `h0` `[R, H]`.
+  The arguments (the forward's residuals and masks, `dys`, `dh_last`, `reset_after`) and
+  results `(da, dhh, dh0)` are those of `pallas_rnn.gru_adjoint`; `w_h.T` is made once
+  per call.
   """
   return _call("rnnjax_gru_adjoint", [gates.shape, gates.shape, h0.shape],
                w_h, gates, hn, hs, h0, valid, keep, dys, dh_last,
