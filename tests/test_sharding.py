@@ -80,6 +80,28 @@ def _shards(x):
           "devices": len(x.sharding.device_set), "replicated": x.sharding.is_fully_replicated}
 
 
+def _kernel_facts(mesh):
+  """Whether the fast path's C++ kernel is in the compiled gradient: on one device, with the
+  batch split over `mesh` by XLA (it cannot split a custom call: the kernel must stay out),
+  and inside `shard_map` (each device runs its own rows: the kernel stays)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from rnnjax._src import cpu_kernels
+  cell = rnnjax.lstm(H)
+  params = cell.init(jax.random.key(0), 2)
+  xs = jnp.ones((T, B, 2))
+  split = jax.device_put(xs, NamedSharding(mesh, PartitionSpec(None, "batch")))
+  loss = lambda p, x: jnp.sum(rnnjax.unroll(cell, p, x)[0] ** 2)
+  mapped = jax.shard_map(lambda p, x: rnnjax.unroll(cell, p, x)[0], mesh=mesh,
+                         in_specs=(PartitionSpec(), PartitionSpec(None, "batch")),
+                         out_specs=PartitionSpec(None, "batch"))
+  hlo = {"one": jax.jit(jax.grad(loss)).lower(params, xs),
+         "split": jax.jit(jax.grad(loss)).lower(params, split),
+         "shard_map": jax.jit(mapped).lower(params, split)}
+  return {"built": cpu_kernels.available(),
+          **{k: "rnnjax_lstm" in v.compile().as_text() for k, v in hlo.items()}}
+
+
 def _child(out):
   assert jax.device_count() == 4, jax.devices()
   mesh4 = jax.make_mesh((4,), ("batch",))  # Explicit axes: fit uses them as Auto.
@@ -125,6 +147,7 @@ def _child(out):
   except ValueError as err:
     facts["indivisible"] = str(err)
 
+  facts["kernel"] = _kernel_facts(mesh2)
   np.savez(out / "params.npz", **{f"{name}/{i:03d}": x for name, leaves in params.items()
                                   for i, x in enumerate(leaves)})
   (out / "facts.json").write_text(json.dumps(facts))
@@ -184,6 +207,13 @@ def test_state_is_replicated_and_the_batch_split(child):
   assert batch["weight"]["shapes"] == [[B // 4]] * 4
   assert batch["scale"] == {"shapes": [[]] * 4, "devices": 4, "replicated": True}
   assert all(x["devices"] == 1 for x in facts["one"]["state_out"])
+
+
+def test_kernels_stay_out_of_programs_xla_partitions(child):
+  kernel = child[1]["kernel"]
+  if not kernel["built"]:
+    pytest.skip("the C++ kernel is not built here")
+  assert kernel == {"built": True, "one": True, "split": False, "shard_map": True}
 
 
 def test_resume_under_a_mesh_is_exact(child):

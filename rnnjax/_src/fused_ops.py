@@ -71,12 +71,18 @@ def select(mask: jax.Array | None, a: jax.Array, b: jax.Array) -> jax.Array:
   return a if mask is None else jnp.where(mask, a, b)
 
 
+
 def flat(a: jax.Array) -> jax.Array:
   return a.reshape(-1, a.shape[-1])
 
 
 def matmul_rows(a: jax.Array, w: jax.Array, accum: Any) -> jax.Array:
-  """`a: [T, B, K] @ w: [K, N]` as one `[T*B, K] @ [K, N]` product (`precision.dot`)."""
+  """`a: [T, B, K] @ w: [K, N]` as one `[T*B, K] @ [K, N]` product (`precision.dot`).
+
+  Flattened because XLA's CPU backend runs the transposed product (a weight gradient)
+  several times slower with two contracting dimensions than as one `[K, T*B] @ [T*B, N]`.
+  The price: with the batch split over devices, XLA gathers `a` to flatten it.
+  """
   return precision_lib.dot(flat(a), w, accum).reshape(*a.shape[:-1], w.shape[-1])
 
 

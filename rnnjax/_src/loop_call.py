@@ -15,7 +15,9 @@ one primitive, `rnnjax_loop`, so that
   reference: this is how reverse mode reaches a kernel (or a leaner loop) that JAX
   could not derive;
 - everything else is the reference's: `jax.jvp` along non-linear arguments (second
-  derivatives), `vmap` (the reference, vmapped), shapes.
+  derivatives), `vmap` (the reference, vmapped), shapes; and so is the lowering of a
+  program that XLA partitions over several devices itself (it cannot split a custom
+  call), or that `jax.export` serialises (it needs stable custom calls).
 
 Kernels are registered per platform (`"cuda"`, `"cpu"`, ...) and loop kind;
 `kernels_on(...)` adds some for a block of code, which is how the tests run the GPU
@@ -160,11 +162,8 @@ def _jitted(name: str, kernels: bool) -> Callable:
 
 def _lowering(platform: str | None) -> Callable:
   def lower(ctx: Any, *args: Any, name: str, kernels: bool) -> Any:
-    # `jax.export` needs custom calls with compatibility guarantees: an exported program
-    # (a serialised artifact, maybe for another machine) runs the references.
-    exporting = getattr(getattr(ctx.module_context, "lowering_parameters", None),
-                        "for_export", False)
-    kernel = kernel_for(name, platform) if platform and kernels and not exporting else None
+    use = platform and kernels and not _exporting(ctx) and not _partitioned(ctx)
+    kernel = kernel_for(name, platform) if use else None
     reference = _reference(name)
 
     def run(*xs: Any) -> tuple:
@@ -172,6 +171,26 @@ def _lowering(platform: str | None) -> Callable:
       return tuple(reference(*xs) if out is None else out)
     return mlir.lower_fun(run, multiple_results=True)(ctx, *args)
   return lower
+
+
+def _exporting(ctx: Any) -> bool:
+  """`jax.export` needs custom calls with compatibility guarantees: an exported program
+  (a serialised artifact, maybe for another machine) runs the references."""
+  params = getattr(ctx.module_context, "lowering_parameters", None)
+  return bool(getattr(params, "for_export", False))
+
+
+def _partitioned(ctx: Any) -> bool:
+  """Whether XLA partitions this program over several devices itself (`jit` of sharded
+  arrays). It cannot split a kernel's custom call: it would gather the whole batch and run
+  it on every device. The references' scans split along the batch. Inside `shard_map`
+  each device runs its own shard, so kernels stay."""
+  axis_context = ctx.module_context.axis_context
+  if getattr(axis_context, "manual_axes", None):  # shard_map
+    mesh = getattr(axis_context, "mesh", None)
+    names = getattr(mesh, "axis_names", ())
+    return set(names) != set(axis_context.manual_axes)  # partly automatic
+  return getattr(axis_context, "num_devices", 1) > 1 or hasattr(axis_context, "mesh")
 
 
 mlir.register_lowering(loop_p, _lowering(None), cacheable=False)
