@@ -68,14 +68,12 @@ def lstm_forward(config, w_i, w_h, b, xs, h0, c0, *ms, save: bool, backend: str,
     return None
   xw = ops.matmul_rows(xs, w_i, _F32) + b
   xw, valid, keep = _order(config, xw, *_float_masks(config, ms, xs.shape[:2]))
-  if not save and backend == "cpu":  # The C++ kernel writes no residuals then.
-    ys, h, c = kernel.lstm_forward(xw, w_h, h0, c0, valid, keep, save=False)
-    return (*_order(config, ys), h, c)
-  ys, hs, cs, gates = _order(config, *kernel.lstm_forward(xw, w_h, h0, c0, valid, keep,
-                                                          **options))
+  out = kernel.lstm_forward(xw, w_h, h0, c0, valid, keep, save=save, **options)
+  if not save:  # (ys, h_last, c_last); the C++ kernel then writes nothing else
+    return (*_order(config, out[0]), *out[1:])
+  ys, hs, cs, gates = _order(config, *out)
   last = 0 if config.reverse else -1
-  out = (ys, hs[last], cs[last])
-  return out if not save else out + (gates, cs) + ((hs,) if config.valid else ())
+  return (ys, hs[last], cs[last], gates, cs) + ((hs,) if config.valid else ())
 
 
 def lstm_adjoint(config, w_h, gates, cs, c0, *args, backend: str, **options: Any):
@@ -101,16 +99,12 @@ def gru_forward(config, w_i, w_h, b_i, b_h, xs, h0, *ms, save: bool, backend: st
   xw = ops.matmul_rows(xs, w_i, _F32) + b_i + jnp.concatenate(
       [b_h[:2 * size], jnp.zeros((size,), _F32)])
   xw, valid, keep = _order(config, xw, *_float_masks(config, ms, xs.shape[:2]))
-  if not save and backend == "cpu":
-    ys, h = kernel.gru_forward(xw, w_h, b_h[2 * size:], h0, valid, keep,
-                               reset_after=config.reset_after, save=False)
-    return (*_order(config, ys), h)
-  ys, hs, gates, hn = _order(config, *kernel.gru_forward(
-      xw, w_h, b_h[2 * size:], h0, valid, keep, reset_after=config.reset_after, **options))
-  out = (ys, hs[0 if config.reverse else -1])
-  if not save:
-    return out
-  return (out + (gates,) + ((hn,) if config.reset_after else ())
+  out = kernel.gru_forward(xw, w_h, b_h[2 * size:], h0, valid, keep,
+                           reset_after=config.reset_after, save=save, **options)
+  if not save:  # (ys, h_last)
+    return (*_order(config, out[0]), out[1])
+  ys, hs, gates, hn = _order(config, *out)
+  return ((ys, hs[0 if config.reverse else -1], gates) + ((hn,) if config.reset_after else ())
           + ((hs,) if config.valid else ()))
 
 

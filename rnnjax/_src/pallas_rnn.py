@@ -165,7 +165,7 @@ def _lstm_forward_kernel(xw, w_h, h0, c0, valid, keep, ys, hs, cs, gates):
 
 def lstm_forward(xw: jax.Array, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
                  valid: jax.Array, keep: jax.Array, *, block_rows: int = BLOCK_ROWS,
-                 interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+                 interpret: bool = False, save: bool = True) -> tuple[jax.Array, ...]:
   """The LSTM over a sequence in one persistent kernel (gate order i, f, g, o).
 
   For each `t`: `hp, cp = h, c` where `keep[t]` else 0; `z = xw[t] + hp @ w_h`;
@@ -181,6 +181,7 @@ def lstm_forward(xw: jax.Array, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
     keep: `[T, R]` 0.0 where the carry is reset to zero before the step, else 1.0.
     block_rows: rows per program (a power of two, at least 16 on a GPU).
     interpret: run in Pallas's interpreter (any backend) instead of compiling.
+    save: False returns only `(ys, h_last, c_last)` (the last step's `hs`, `cs`).
 
   Returns:
     `(ys, hs, cs, gates)`: outputs, hidden states and cells after each step `[T, R, H]`,
@@ -191,7 +192,7 @@ def lstm_forward(xw: jax.Array, w_h: jax.Array, h0: jax.Array, c0: jax.Array,
   ys, hs, cs, gates = _run(
       _lstm_forward_kernel, [(xw, 1), (w_h, None), (h0, 0), (c0, 0), (valid, 1), (keep, 1)],
       [((t, r, h), 1)] * 3 + [((t, r, 4 * h), 1)], block_rows=block_rows, interpret=interpret)
-  return ys, hs, cs, gates
+  return (ys, hs, cs, gates) if save else (ys, hs[-1], cs[-1])
 
 
 def _lstm_adjoint_kernel(w_t, gates, cs, c0, valid, keep, dys, dh_last, dc_last, dz, dh0, dc0):
@@ -290,8 +291,8 @@ def _gru_forward_kernel(xw, w_h, b_hn, h0, valid, keep, ys, hs, gates, hn_out, *
 
 def gru_forward(xw: jax.Array, w_h: jax.Array, b_hn: jax.Array, h0: jax.Array,
                 valid: jax.Array, keep: jax.Array, *, reset_after: bool,
-                block_rows: int = BLOCK_ROWS,
-                interpret: bool = False) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+                block_rows: int = BLOCK_ROWS, interpret: bool = False,
+                save: bool = True) -> tuple[jax.Array, ...]:
   """The GRU over a sequence in one persistent kernel (gate order r, z, n).
 
   For each `t`: `hp = h` where `keep[t]` else 0; `r = sigmoid(xw_r + hp @ w_hr)`,
@@ -310,6 +311,7 @@ def gru_forward(xw: jax.Array, w_h: jax.Array, b_hn: jax.Array, h0: jax.Array,
       instead of before it.
     block_rows: rows per program (a power of two, at least 16 on a GPU).
     interpret: run in Pallas's interpreter (any backend) instead of compiling.
+    save: False returns only `(ys, h_last)` (the last step's `hs`).
 
   Returns:
     `(ys, hs, gates, hn)`: outputs and hidden states after each step `[T, R, H]`, the
@@ -323,7 +325,7 @@ def gru_forward(xw: jax.Array, w_h: jax.Array, b_hn: jax.Array, h0: jax.Array,
       kernel, [(xw, 1), (w_h, None), (b_hn, None), (h0, 0), (valid, 1), (keep, 1)],
       [((t, r, h), 1)] * 2 + [((t, r, 3 * h), 1), ((t, r, h), 1)], block_rows=block_rows,
       interpret=interpret)
-  return ys, hs, gates, hn
+  return (ys, hs, gates, hn) if save else (ys, hs[-1])
 
 
 def _gru_adjoint_kernel(w_t, gates, hn, hs, h0, valid, keep, dys, dh_last, da, dhh, dh0, *,
