@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from rnnjax._src import cpu_kernels
+from tests.test_pallas_rnn import _data as _pallas_data
 from tests.test_pallas_rnn import _numpy_gru, _numpy_lstm, _scan_gru, _scan_lstm
 
 REQUIRED = os.environ.get("RNNJAX_REQUIRE_CPU_KERNELS") == "1"
@@ -78,20 +79,9 @@ def test_fits():
 
 
 def _data(seed: int, rows: int, hidden: int, gates: int, masks: str = "random"):
-  """Random float32 inputs; `xw` is NaN where not valid. Returns a dict of NumPy arrays."""
-  rng = np.random.default_rng(seed)
-  f32 = lambda *s, scale=1.0: (scale * rng.normal(size=s)).astype(np.float32)
-  if masks == "ones":
-    valid = keep = np.ones((T, rows), np.float32)
-  else:
-    valid = (rng.random((T, rows)) < 0.7).astype(np.float32)
-    keep = (rng.random((T, rows)) < 0.7).astype(np.float32)
-  xw = f32(T, rows, gates * hidden)
-  xw_nan = np.where(valid[..., None] > 0.5, xw, np.nan).astype(np.float32)
-  return dict(xw=xw, xw_nan=xw_nan, w_h=f32(hidden, gates * hidden, scale=1.2 / hidden**0.5),
-              h0=f32(rows, hidden), c0=f32(rows, hidden), b_hn=f32(hidden), valid=valid,
-              keep=keep, dys=f32(T, rows, hidden), dh_last=f32(rows, hidden),
-              dc_last=f32(rows, hidden))
+  """`test_pallas_rnn`'s inputs at these sizes, `w_h` scaled by 1.2/sqrt(H)."""
+  return _pallas_data(seed, masks, gates, steps=T, rows=rows, hidden=hidden,
+                      w_scale=1.2 / hidden**0.5)
 
 
 def _check(names, got, want, valid=None, gated=()):

@@ -35,20 +35,25 @@ def _sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-def _data(seed: int, masks: str, gates: int):
-  """Random float32 inputs; `xw` is NaN where not valid. Returns a dict of NumPy arrays."""
+def _data(seed: int, masks: str, gates: int, *, steps: int = T, rows: int = R,
+          hidden: int = H, w_scale: float = 0.3):
+  """Random float32 inputs; `xw` is NaN where not valid. Returns a dict of NumPy arrays.
+
+  (`test_cpu_kernels.py` draws its own sizes and weight scale from it too.)
+  """
   rng = np.random.default_rng(seed)
   f32 = lambda *s, scale=1.0: (scale * rng.normal(size=s)).astype(np.float32)
   if masks == "ones":
-    valid = keep = np.ones((T, R), np.float32)
+    valid = keep = np.ones((steps, rows), np.float32)
   else:
-    valid = (rng.random((T, R)) < 0.7).astype(np.float32)
-    keep = (rng.random((T, R)) < 0.7).astype(np.float32)
-  xw = f32(T, R, gates * H)
+    valid = (rng.random((steps, rows)) < 0.7).astype(np.float32)
+    keep = (rng.random((steps, rows)) < 0.7).astype(np.float32)
+  xw = f32(steps, rows, gates * hidden)
   xw_nan = np.where(valid[..., None] > 0.5, xw, np.nan).astype(np.float32)
-  return dict(xw=xw, xw_nan=xw_nan, w_h=f32(H, gates * H, scale=0.3), h0=f32(R, H),
-              c0=f32(R, H), b_hn=f32(H), valid=valid, keep=keep, dys=f32(T, R, H),
-              dh_last=f32(R, H), dc_last=f32(R, H))
+  return dict(xw=xw, xw_nan=xw_nan, w_h=f32(hidden, gates * hidden, scale=w_scale),
+              h0=f32(rows, hidden), c0=f32(rows, hidden), b_hn=f32(hidden), valid=valid,
+              keep=keep, dys=f32(steps, rows, hidden), dh_last=f32(rows, hidden),
+              dc_last=f32(rows, hidden))
 
 
 def _check_forward(got, want, valid, gated):
