@@ -8,12 +8,14 @@ first on the path) and reports how it ended.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -63,3 +65,18 @@ def read_rows(paths: list[str]) -> list[dict[str, Any]]:
   """The rows of the JSON-lines files `paths` (a script's `--table`), in order."""
   return [json.loads(line) for path in paths
           for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+def add_row_flags(parser: argparse.ArgumentParser) -> None:
+  """`--json-out PATH` (one JSON line per run) and `--table JSONL...` (print, train nothing)."""
+  parser.add_argument("--json-out", metavar="PATH", help="also write one JSON line per run")
+  parser.add_argument("--table", nargs="+", metavar="JSONL",
+                      help="train nothing: print the table of runs written by --json-out")
+
+
+def print_table(args: argparse.Namespace, table: Callable[[list[dict[str, Any]]], str]) -> bool:
+  """With `--table`, prints `table` of its files' rows and returns True (nothing to train)."""
+  if not args.table:
+    return False
+  print(table(read_rows(args.table)))
+  return True

@@ -147,13 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="largest hidden size searched when matching parameters")
   parser.add_argument("--out", default="runs/linear_learning",
                       help="directory of the runs (one subdirectory per task and cell)")
-  parser.add_argument("--json-out", metavar="PATH", help="also write one JSON line per run")
-  parser.add_argument("--table", nargs="+", metavar="JSONL",
-                      help="train nothing: print the table of runs written by --json-out")
+  _runs.add_row_flags(parser)
   args = parser.parse_args(argv)
-  if args.table:
-    rows = _runs.read_rows(args.table)
-    print(table(rows))
+  if _runs.print_table(args, table):
     return 0
   steps = _steps_overrides(args.steps)
   missing = [c for c in args.cells if c in ("lru", "rglru") and not hasattr(rnnjax, c)]

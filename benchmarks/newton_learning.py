@@ -210,13 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="skip the NewtonInfo probe of each Newton run's final params")
   parser.add_argument("--out", default="runs/newton_learning",
                       help="directory of the runs (one subdirectory per run)")
-  parser.add_argument("--json-out", metavar="PATH", help="also write one JSON line per run")
-  parser.add_argument("--table", nargs="+", metavar="JSONL",
-                      help="train nothing: print the table of runs written by --json-out")
+  _runs.add_row_flags(parser)
   args = parser.parse_args(argv)
-  if args.table:
-    rows = _runs.read_rows(args.table)
-    print(table(rows))
+  if _runs.print_table(args, table):
     return 0
   if args.json_out:
     pathlib.Path(args.json_out).write_text("")

@@ -87,13 +87,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--cell", default="gru")
   parser.add_argument("--out", default="runs/uea_results",
                       help="directory of the runs (one subdirectory per dataset and seed)")
-  parser.add_argument("--json-out", metavar="PATH", help="also write one JSON line per run")
-  parser.add_argument("--table", nargs="+", metavar="JSONL",
-                      help="train nothing: print the table of runs written by --json-out")
+  _runs.add_row_flags(parser)
   args = parser.parse_args(argv)
-  if args.table:
-    rows = _runs.read_rows(args.table)
-    print(table(rows))
+  if _runs.print_table(args, table):
     return 0
   unknown = [n for n in args.datasets if n not in tasks.UEA_DATASETS]
   if unknown:

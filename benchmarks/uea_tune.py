@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--configs", nargs="+", default=list(GRID), choices=list(GRID),
                       metavar="NAME", help=f"a subset of {', '.join(GRID)}")
   parser.add_argument("--dataset", default="JapaneseVowels")
-  parser.add_argument("--json-out", metavar="PATH", help="also write one JSON line per run")
-  parser.add_argument("--table", nargs="+", metavar="JSONL",
-                      help="train nothing: print the table of runs written by --json-out")
+  _runs.add_row_flags(parser)
   args = parser.parse_args(argv)
   if args.table:
     rows = _runs.read_rows(args.table)
