@@ -63,12 +63,6 @@ def _forward(config: Config, save: bool, w_i, w_h, b_i, b_h, xs, h0, *ms):
   return (out, h) if not save else (out[0], h, *out[1:])
 
 
-def _before(config: Config, hseq, h0):
-  """The state each step was given (before its reset), in `accum`."""
-  accum = jnp.dtype(config.accum)
-  return ops.previous(hseq.astype(h0.dtype).astype(accum), h0.astype(accum), config.reverse)
-
-
 def _split_residuals(config: Config, args):
   """`(gates, hn or None, hseq, h0, rest)` from a tangent/adjoint loop's arguments."""
   gates, *args = args
@@ -82,7 +76,7 @@ def _tangent(config: Config, w_h, *args):
   accum, size = jnp.dtype(config.accum), w_h.shape[0]
   gates, hn, hseq, h0, (*ms, da, dhh, dh0) = _split_residuals(config, args)
   valid, keep = ops.unpack_masks(config, ms)
-  hb = _before(config, hseq, h0)
+  hb = ops.carries_before(config, hseq, h0)
   w_rz, w_n = w_h[:, :2 * size], w_h[:, 2 * size:]
 
   def step(dh, inputs):
@@ -116,7 +110,7 @@ def _adjoint(config: Config, w_h, *args):
   accum, size = jnp.dtype(config.accum), w_h.shape[0]
   gates, hn, hseq, h0, (*ms, dys, dh_last) = _split_residuals(config, args)
   valid, keep = ops.unpack_masks(config, ms)
-  hb = _before(config, hseq, h0)
+  hb = ops.carries_before(config, hseq, h0)
   if config.reset_after:
     w_t = ops.transposed(w_h)
   else:

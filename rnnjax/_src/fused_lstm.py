@@ -70,18 +70,12 @@ def _forward(config: Config, save: bool, w_i, w_h, b, xs, h0, c0, *ms):
   return ((out, h, c) if not save else (out[0], h, c, *out[1:]))
 
 
-def _cells_before(config: Config, cs, c0):
-  """The cell each step was given (before its reset), in `accum`, from the saved cells."""
-  accum = jnp.dtype(config.accum)
-  return ops.previous(cs.astype(c0.dtype).astype(accum), c0.astype(accum), config.reverse)
-
-
 def _tangent(config: Config, w_h, gates, cs, c0, *args):
   """Forward mode: `(dz, dh0, dc0) -> (dys, dh_T, dc_T)`, linear."""
   accum = jnp.dtype(config.accum)
   *ms, dz_in, dh0, dc0 = args
   valid, keep = ops.unpack_masks(config, ms)
-  before = _cells_before(config, cs, c0)
+  before = ops.carries_before(config, cs, c0)
 
   def step(carry, inputs):
     dh, dc = carry
@@ -103,7 +97,7 @@ def _adjoint(config: Config, w_h, gates, cs, c0, *args):
   accum = jnp.dtype(config.accum)
   *ms, dys, dh_last, dc_last = args
   valid, keep = ops.unpack_masks(config, ms)
-  before = _cells_before(config, cs, c0)
+  before = ops.carries_before(config, cs, c0)
   w_t = ops.transposed(w_h)
   size = w_h.shape[0]
   is_g = (jnp.arange(4 * size) >= 2 * size) & (jnp.arange(4 * size) < 3 * size)

@@ -110,6 +110,16 @@ def previous(after: jax.Array, first: jax.Array, reverse: bool) -> jax.Array:
   return jnp.concatenate([first[None], after[:-1]])
 
 
+def carries_before(config: Any, saved: jax.Array, first: jax.Array) -> jax.Array:
+  """The carry each step was given (before its reset), in `config.accum`.
+
+  `saved` holds the carries after each step in `accum`; cast to the carry's dtype (that of
+  `first`, the initial carry) they are exactly the carries, as the step saw them.
+  """
+  accum = jnp.dtype(config.accum)
+  return previous(saved.astype(first.dtype).astype(accum), first.astype(accum), config.reverse)
+
+
 def masks(valid: jax.Array | None, keep_: jax.Array | None) -> tuple[jax.Array, ...]:
   """The masks that are given, as a tuple of loop arguments."""
   return tuple(m for m in (valid, keep_) if m is not None)
